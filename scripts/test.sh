@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the full test suite plus the linter. Exit status is non-zero when
+# anything fails, including pytest's "no tests ran" (exit 5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export MPLBACKEND=Agg DEEPCOLLAPSE_SMOKE=1
+.venv/bin/ruff check .
+.venv/bin/python -m pytest -q "$@"
