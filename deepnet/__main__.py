@@ -1,0 +1,5 @@
+"""``python -m deepnet train ...``."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""Shared building blocks of the deep networks (SPEC §2).
+
+- :class:`LayerNorm`: LN(z) = (z − mean z) / sqrt(var z + ε), biased variance, ε = 1e-5 (as torch),
+  parameter-free by default, so every output lies (up to ε) on S_d = {h : 1ᵀh = 0, ‖h‖ = √d}.
+- :class:`Classifier`: logits = W h (+ b).
+- :class:`CollapseNet`: the base class of every model. It fixes the layout that the
+  decayed-parameter logic relies on: the input embedding lives in ``self.embed`` (never decayed
+  unless ``decay_embedding``), the body in ``self.blocks``, the classifier in ``self.classifier``.
+  Decayed = the weight of every ``nn.Linear`` in the body plus the classifier's weight; never biases
+  or LN affine parameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LN_EPS = 1e-5
+
+KINDS = ("image", "vector", "text")
+NORMS = ("post", "pre")
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last dimension; no affine parameters unless ``affine=True``."""
+
+    def __init__(self, width: int, affine: bool = False, eps: float = LN_EPS) -> None:
+        super().__init__()
+        self.width = width
+        self.eps = eps
+        if affine:
+            self.weight: nn.Parameter | None = nn.Parameter(torch.ones(width))
+            self.bias: nn.Parameter | None = nn.Parameter(torch.zeros(width))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, (self.width,), self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.width}, affine={self.weight is not None}, eps={self.eps}"
+
+
+class Classifier(nn.Module):
+    """Linear readout logits = W h (+ b), W ∈ R^{K×d}; the bias is never decayed."""
+
+    def __init__(self, width: int, num_classes: int, bias: bool = False) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, num_classes, bias=bias)
+
+    @property
+    def weight(self) -> Tensor:
+        return self.linear.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.linear.bias
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.linear(h)
+
+
+def init_linear(linear: nn.Linear) -> None:
+    """PyTorch's default (Kaiming-uniform, a=√5) initialisation, written out so it is explicit."""
+    nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+def check_common(width: int, depth: int, norm: str, num_classes: int) -> None:
+    """Validation shared by every model config."""
+    if width < 2:
+        raise ValueError(f"width must be >= 2 (LayerNorm of one coordinate is 0), got {width}")
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+
+
+class CollapseNet(nn.Module):
+    """Base class: ``features`` (last LN output), ``forward`` (logits) and the decayed list.
+
+    Subclasses create ``self.embed`` (input embedding), ``self.blocks`` (body) and
+    ``self.classifier`` and implement :meth:`features`.
+    """
+
+    embed: nn.Module
+    blocks: nn.ModuleList
+    classifier: Classifier
+    decay_embedding: bool
+
+    def features(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+    def embedding_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Every parameter of the input embedding (token, patch, position, CLS)."""
+        return [(f"embed.{n}", p) for n, p in self.embed.named_parameters()]
+
+    def body_decayed_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Weights of every ``nn.Linear`` of the blocks (biases and LN affine excluded)."""
+        out = []
+        for name, module in self.blocks.named_modules():
+            if isinstance(module, nn.Linear):
+                out.append((f"blocks.{name}.weight", module.weight))
+        return out
+
+    def classifier_decayed_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [("classifier.linear.weight", self.classifier.weight)]
+
+    def decayed_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The explicit list penalised by (λ/2)‖·‖_F²: body weights, classifier weight and, only
+        with ``decay_embedding``, the embedding."""
+        out = self.body_decayed_parameters() + self.classifier_decayed_parameters()
+        if self.decay_embedding:
+            out += self.embedding_parameters()
+        return out
+
+    def penalties(self, lam: float, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        """(λ/2)‖·‖² split into classifier, body and embedding (0 unless decay_embedding);
+        reduced in ``dtype`` (default: the parameters' own)."""
+        zero = self.classifier.weight.new_zeros((), dtype=dtype)
+
+        def half_sq(params: list[tuple[str, nn.Parameter]]) -> Tensor:
+            total = zero
+            for _, p in params:
+                total = total + p.to(dtype or p.dtype).square().sum()
+            return 0.5 * lam * total
+
+        return {
+            "classifier_penalty": half_sq(self.classifier_decayed_parameters()),
+            "body_penalty": half_sq(self.body_decayed_parameters()),
+            "embedding_penalty": (
+                half_sq(self.embedding_parameters()) if self.decay_embedding else zero
+            ),
+        }
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,105 @@
+"""L-RN1 and L-RN2 LayerNorm residual networks (SPEC §2).
+
+Input: flatten x, h⁰ = LN(E x) with a bias-free linear embedding E. Then, for l = 1..L,
+
+post-LN (default)
+  L-RN1: h ← LN(h + σ(W_l h))          (block_form="relu_of_linear")
+         h ← LN(h + W_l σ(h))          (block_form="linear_of_relu")
+  L-RN2: h ← LN(h + W_{l,2} σ(W_{l,1} h))
+pre-LN  (norm="pre")
+  h ← h + f_l(LN(h)) with the same f_l, and a final LN.
+
+The feature is the last LN output (on the centred √d sphere); logits = W h^L (+ b).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .layers import Classifier, CollapseNet, LayerNorm, check_common, init_linear
+
+BLOCK_FORMS = ("relu_of_linear", "linear_of_relu")
+
+
+@dataclass
+class ResNetConfig:
+    """Configuration of an L-RN network; ``layers_per_block`` is 1 (L-RN1) or 2 (L-RN2)."""
+
+    input_dim: int
+    num_classes: int
+    width: int = 64
+    depth: int = 2
+    layers_per_block: int = 1
+    norm: str = "post"
+    ln_affine: bool = False
+    block_form: str = "relu_of_linear"
+    bias: bool = False
+    decay_embedding: bool = False
+
+    def __post_init__(self) -> None:
+        check_common(self.width, self.depth, self.norm, self.num_classes)
+        if self.input_dim < 1:
+            raise ValueError(f"input_dim must be >= 1, got {self.input_dim}")
+        if self.layers_per_block not in (1, 2):
+            raise ValueError(f"layers_per_block must be 1 or 2, got {self.layers_per_block}")
+        if self.block_form not in BLOCK_FORMS:
+            raise ValueError(f"block_form must be one of {BLOCK_FORMS}, got {self.block_form!r}")
+        if self.layers_per_block == 2 and self.block_form != "relu_of_linear":
+            raise ValueError("block_form applies to one-layer blocks (L-RN1) only")
+
+
+class ResBlock(nn.Module):
+    """One residual branch f_l: σ(W h), W σ(h) or W₂ σ(W₁ h); no biases (every matrix decayed)."""
+
+    def __init__(self, width: int, layers: int, block_form: str) -> None:
+        super().__init__()
+        self.layers = layers
+        self.block_form = block_form
+        self.fc1 = nn.Linear(width, width, bias=False)
+        init_linear(self.fc1)
+        if layers == 2:
+            self.fc2 = nn.Linear(width, width, bias=False)
+            init_linear(self.fc2)
+
+    def forward(self, h: Tensor) -> Tensor:
+        if self.layers == 2:
+            return self.fc2(torch.relu(self.fc1(h)))
+        if self.block_form == "linear_of_relu":
+            return self.fc1(torch.relu(h))
+        return torch.relu(self.fc1(h))
+
+
+class ResNet(CollapseNet):
+    """L-RN1 / L-RN2 on flattened inputs (images or vectors)."""
+
+    def __init__(self, config: ResNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.decay_embedding = config.decay_embedding
+        d = config.width
+        embed = nn.Linear(config.input_dim, d, bias=False)
+        init_linear(embed)
+        self.embed = nn.ModuleDict({"E": embed})
+        self.ln_in = LayerNorm(d, config.ln_affine)
+        self.blocks = nn.ModuleList(
+            ResBlock(d, config.layers_per_block, config.block_form) for _ in range(config.depth)
+        )
+        # post-LN: one LN after each block; pre-LN: one LN before each branch plus a final LN.
+        self.norms = nn.ModuleList(LayerNorm(d, config.ln_affine) for _ in range(config.depth))
+        self.ln_final = LayerNorm(d, config.ln_affine) if config.norm == "pre" else None
+        self.classifier = Classifier(d, config.num_classes, config.bias)
+        init_linear(self.classifier.linear)
+
+    def features(self, x: Tensor) -> Tensor:
+        h = self.ln_in(self.embed["E"](x.flatten(1)))
+        if self.config.norm == "post":
+            for block, ln in zip(self.blocks, self.norms):
+                h = ln(h + block(h))
+            return h
+        for block, ln in zip(self.blocks, self.norms):
+            h = h + block(ln(h))
+        assert self.ln_final is not None
+        return self.ln_final(h)
