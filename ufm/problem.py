@@ -1,0 +1,282 @@
+"""The UFM problem: parameters, validation, objective and the point (class/group) reduction.
+
+Objective (SPEC §1, §3), samples class-major, h_i the feature of sample i:
+
+    J(W, b, H) = (1/N) Σ_i ℓ(W h_i + b, y_i) + (λ_W/2)‖W‖_F² + (λ_H/2)‖H‖_F² + (λ_b/2)‖b‖²
+
+with ℓ the cross-entropy or ½‖z − e_y‖² (so MSE is (1/(2N))‖Z − Y‖_F²). Features are free
+(penalty λ_H) or constrained to S = {h : 1ᵀh = 0, ‖h‖ = r} ("layernorm"; plain sphere when
+``centered=False``; no λ_H penalty).
+
+Point reduction: for fixed (W, b) the objective separates over samples, so samples that carry the
+same label and are not tied to other samples (by ``groups``) can share one feature without loss.
+A *point* j is a set of samples that share a feature; it carries a label-count vector c_j ∈ R^K
+and multiplicity m_j = Σ_k c_jk. The reduced objective is
+
+    (1/N) Σ_j Σ_k c_jk ℓ(W h_j + b, k) + (λ_W/2)‖W‖² + (λ_H/2) Σ_j m_j ‖h_j‖² + (λ_b/2)‖b‖²,
+
+which has the same optimal value as J. Without groups the points are the K classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+LOSSES = ("ce", "mse")
+BIASES = ("none", "free", "regularized")
+FEATURES = ("free", "layernorm")
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _check_positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class Points:
+    """The point reduction of a problem.
+
+    ``counts``: (K, P) label counts c_j; ``mult``: (P,) multiplicities m_j;
+    ``assignment``: (N,) index of the point each sample (class-major order) belongs to.
+    """
+
+    counts: np.ndarray
+    mult: np.ndarray
+    assignment: np.ndarray
+
+    @property
+    def P(self) -> int:
+        return int(self.mult.size)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A UFM instance (see module docstring for the objective).
+
+    ``samples_per_class``: int (balanced) or K ints. ``radius`` defaults to √width (LayerNorm).
+    ``groups``: optional disjoint lists of sample indices (class-major numbering, 0..N−1) whose
+    inputs are identical and so must share one feature.
+    """
+
+    loss: str
+    num_classes: int
+    samples_per_class: int | Sequence[int]
+    width: int
+    lam_W: float
+    lam_H: float = 0.0
+    bias: str = "none"
+    lam_b: float = 0.0
+    features: str = "free"
+    radius: float | None = None
+    centered: bool = True
+    groups: Sequence[Sequence[int]] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.features not in FEATURES:
+            raise ValueError(f"features must be one of {FEATURES}, got {self.features!r}")
+        if self.bias not in BIASES:
+            raise ValueError(f"bias must be one of {BIASES}, got {self.bias!r}")
+        if not _is_int(self.num_classes) or self.num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
+        K = int(self.num_classes)
+        spc = self.samples_per_class
+        if _is_int(spc):
+            if spc < 1:
+                raise ValueError(f"samples_per_class must be >= 1, got {spc!r}")
+            counts = (int(spc),) * K
+        else:
+            try:
+                counts = tuple(spc)  # type: ignore[arg-type]
+            except TypeError:
+                raise ValueError(
+                    f"samples_per_class must be an int or a sequence of {K} ints, got {spc!r}"
+                ) from None
+            if len(counts) != K or not all(_is_int(c) and c >= 1 for c in counts):
+                raise ValueError(
+                    f"samples_per_class must be an int or a sequence of num_classes={K} "
+                    f"ints >= 1, got {spc!r}"
+                )
+            counts = tuple(int(c) for c in counts)
+        object.__setattr__(self, "samples_per_class", spc if _is_int(spc) else counts)
+        object.__setattr__(self, "_counts", counts)
+        if not _is_int(self.width) or self.width < 1:
+            raise ValueError(f"width must be an integer >= 1, got {self.width!r}")
+        _check_positive("lam_W", self.lam_W)
+        if self.features == "free":
+            _check_positive("lam_H", self.lam_H)
+            if self.radius is not None:
+                raise ValueError("radius applies only to features='layernorm'; leave it None")
+        else:
+            if self.lam_H != 0:
+                raise ValueError(
+                    "lam_H must be 0 for features='layernorm' (features are constrained, "
+                    f"not penalised), got {self.lam_H!r}"
+                )
+            if self.radius is not None:
+                _check_positive("radius", self.radius)
+            if self.centered and self.width < 2:
+                raise ValueError("width must be >= 2 for centred layernorm features")
+        if self.bias == "regularized":
+            _check_positive("lam_b", self.lam_b)
+        elif self.lam_b != 0:
+            raise ValueError(f"lam_b must be 0 unless bias='regularized', got {self.lam_b!r}")
+        if not isinstance(self.centered, bool):
+            raise ValueError(f"centered must be a bool, got {self.centered!r}")
+        if self.groups is not None:
+            object.__setattr__(self, "groups", self._validate_groups(self.groups))
+
+    def _validate_groups(self, groups: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+        N = self.N
+        seen: set[int] = set()
+        out = []
+        try:
+            items = [tuple(g) for g in groups]
+        except TypeError:
+            raise ValueError("groups must be a sequence of sequences of sample indices") from None
+        for g in items:
+            if len(g) == 0:
+                raise ValueError("groups must not contain an empty group")
+            for i in g:
+                if not _is_int(i) or not 0 <= i < N:
+                    raise ValueError(f"groups: sample index must be an int in [0, {N}), got {i!r}")
+                if i in seen:
+                    raise ValueError(f"groups must be disjoint; sample {i} appears twice")
+                seen.add(int(i))
+            out.append(tuple(int(i) for i in g))
+        return tuple(out)
+
+    # ----------------------------------------------------------------- derived quantities
+    @property
+    def K(self) -> int:
+        return int(self.num_classes)
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.array(self._counts, dtype=np.int64)  # type: ignore[attr-defined]
+
+    @property
+    def N(self) -> int:
+        return int(sum(self._counts))  # type: ignore[attr-defined]
+
+    @property
+    def r(self) -> float:
+        """Feature radius (LayerNorm); √width by default."""
+        return float(self.radius) if self.radius is not None else math.sqrt(self.width)
+
+    @property
+    def balanced(self) -> bool:
+        return len(set(self._counts)) == 1  # type: ignore[attr-defined]
+
+    @property
+    def d_eff(self) -> int:
+        """Dimension available to the features: width − 1 for centred LayerNorm, else width."""
+        return self.width - 1 if (self.features == "layernorm" and self.centered) else self.width
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Label of each sample, class-major."""
+        return np.repeat(np.arange(self.K), self.counts)
+
+    @property
+    def groups_label_pure(self) -> bool:
+        """True when no group mixes labels (then groups do not change the optimum)."""
+        if not self.groups:
+            return True
+        y = self.labels
+        return all(len(set(y[list(g)].tolist())) == 1 for g in self.groups)
+
+    @cached_property
+    def points(self) -> Points:
+        """Class/group-level reduction: one point per group, one per class for the rest."""
+        K, y = self.K, self.labels
+        assignment = np.full(self.N, -1, dtype=np.int64)
+        cols: list[np.ndarray] = []
+        for g in self.groups or ():
+            idx = np.asarray(g)
+            assignment[idx] = len(cols)
+            cols.append(np.bincount(y[idx], minlength=K).astype(float))
+        for k in range(K):
+            free = np.flatnonzero((y == k) & (assignment < 0))
+            if free.size:
+                assignment[free] = len(cols)
+                c = np.zeros(K)
+                c[k] = free.size
+                cols.append(c)
+        counts = np.stack(cols, axis=1)
+        return Points(counts=counts, mult=counts.sum(axis=0), assignment=assignment)
+
+    def sample_points(self) -> Points:
+        """Sample-level reduction: one point per group, every other sample its own point."""
+        y, K = self.labels, self.K
+        assignment = np.full(self.N, -1, dtype=np.int64)
+        cols: list[np.ndarray] = []
+        for g in self.groups or ():
+            idx = np.asarray(g)
+            assignment[idx] = len(cols)
+            cols.append(np.bincount(y[idx], minlength=K).astype(float))
+        for i in np.flatnonzero(assignment < 0):
+            assignment[i] = len(cols)
+            c = np.zeros(K)
+            c[y[i]] = 1.0
+            cols.append(c)
+        counts = np.stack(cols, axis=1)
+        return Points(counts=counts, mult=counts.sum(axis=0), assignment=assignment)
+
+    def to_dict(self) -> dict:
+        return {
+            "loss": self.loss, "num_classes": self.K,
+            "samples_per_class": list(self._counts) if not self.balanced  # type: ignore[attr-defined]
+            else int(self._counts[0]),  # type: ignore[attr-defined]
+            "width": self.width, "lam_W": self.lam_W, "lam_H": self.lam_H, "bias": self.bias,
+            "lam_b": self.lam_b, "features": self.features,
+            "radius": self.r if self.features == "layernorm" else None,
+            "centered": self.centered, "num_groups": len(self.groups or ()),
+        }
+
+
+def mse_constant(points: Points, N: int) -> float:
+    """(1/(2N)) Σ_j (m_j − ‖c_j‖²/m_j): the part of the MSE fit no shared feature can remove.
+
+    Uses Σ_k c_jk ‖z − e_k‖² = m_j ‖z − c_j/m_j‖² + m_j − ‖c_j‖²/m_j (zero for label-pure points).
+    """
+    C, m = points.counts, points.mult
+    return float(np.sum(m - np.sum(C**2, axis=0) / m) / (2 * N))
+
+
+def evaluate(
+    problem: Problem, W: np.ndarray, Hp: np.ndarray, b: np.ndarray | None, points: Points
+) -> tuple[float, float]:
+    """(fit, penalty) of the point-level objective at W (K×d), point features Hp (d×P), b."""
+    C, m, N = points.counts, points.mult, problem.N
+    Z = W @ Hp
+    if b is not None:
+        Z = Z + b[:, None]
+    if problem.loss == "ce":
+        zmax = Z.max(axis=0)
+        lse = zmax + np.log(np.exp(Z - zmax).sum(axis=0))
+        fit = float((np.sum(m * lse) - np.sum(C * Z)) / N)
+    else:
+        Ybar = C / m
+        fit = float(np.sum(m * np.sum((Z - Ybar) ** 2, axis=0)) / (2 * N))
+        fit += mse_constant(points, N)
+    pen = 0.5 * problem.lam_W * float(np.sum(W**2))
+    if problem.features == "free":
+        pen += 0.5 * problem.lam_H * float(np.sum(m * np.sum(Hp**2, axis=0)))
+    if problem.bias == "regularized" and b is not None:
+        pen += 0.5 * problem.lam_b * float(np.sum(b**2))
+    return fit, pen

@@ -1,0 +1,83 @@
+"""The result of `ufm.solve`: an optimum (W, H, b) with its value and geometry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .problem import Points, Problem
+
+
+@dataclass(frozen=True)
+class Solution:
+    """Optimum of a UFM problem.
+
+    ``W`` (K×width), ``H_points`` (width×P, one feature per point of ``points``), ``b`` (K,) or
+    None; ``H`` (width×N, samples class-major) is expanded from the points on access.
+    ``value = fit + penalty``. ``method`` is "closed_form" or "numerical".
+    """
+
+    problem: Problem
+    W: np.ndarray
+    H_points: np.ndarray
+    b: np.ndarray | None
+    value: float
+    fit: float
+    penalty: float
+    geometry: str
+    method: str
+    points: Points
+    info: dict = field(default_factory=dict)
+
+    @property
+    def H(self) -> np.ndarray:
+        """Features of every sample (width × N, class-major)."""
+        return self.H_points[:, self.points.assignment]
+
+    @property
+    def class_means(self) -> np.ndarray:
+        """μ_k = (1/n_k) Σ_{i: y_i = k} h_i (width × K), computed from the points."""
+        C = self.points.counts
+        return (self.H_points @ C.T) / C.sum(axis=1)
+
+    def summary(self) -> dict:
+        """Numbers for printing: value split, norms, geometry."""
+        M = self.class_means
+        return {
+            "value": self.value, "fit": self.fit, "penalty": self.penalty,
+            "geometry": self.geometry, "method": self.method,
+            "norm_W": float(np.linalg.norm(self.W)),
+            "mean_row_norm_W": float(np.mean(np.linalg.norm(self.W, axis=1))),
+            "mean_class_mean_norm": float(np.mean(np.linalg.norm(M, axis=0))),
+            "norm_b": None if self.b is None else float(np.linalg.norm(self.b)),
+        }
+
+
+def classify_geometry(W: np.ndarray, M: np.ndarray, tol: float = 1e-5) -> str:
+    """Name the configuration of the class means M (d×K) and classifier W (K×d).
+
+    "zero" when both vanish; "simplex_etf" when the normalised Gram of the means is
+    K/(K−1)·P_K; "orthogonal_frame" when it is I; "equiangular" for equal norms and equal
+    cosines; otherwise "numerical".
+    """
+    K = M.shape[1]
+    scale = max(float(np.abs(M).max(initial=0.0)), float(np.abs(W).max(initial=0.0)))
+    if scale < 1e-7:
+        return "zero"
+    norms = np.linalg.norm(M, axis=0)
+    if norms.min() < tol * norms.max():
+        return "numerical"
+    G = (M.T @ M) / np.outer(norms, norms)
+    etf = (K / (K - 1)) * (np.eye(K) - 1.0 / K)
+    equinorm = np.ptp(norms) <= tol * norms.max()
+    if not equinorm:
+        return "numerical"
+    if np.abs(G - etf).max() <= tol:
+        return "simplex_etf"
+    if np.abs(G - np.eye(K)).max() <= tol:
+        return "orthogonal_frame"
+    off = G[~np.eye(K, dtype=bool)]
+    if np.ptp(off) <= tol:
+        return "equiangular"
+    return "numerical"
