@@ -1,0 +1,719 @@
+"""Neural-collapse metrics (SPEC §6): a streaming, mergeable accumulator and plain functions on top.
+
+Notation: features h_i ∈ R^d (rows of an (N, d) array), labels y_i ∈ {0..K−1}, class counts n_k,
+class means μ_k, global mean μ_G (sample mean by default, or the mean of the class means),
+M̄ = [μ_k − μ_G] ∈ R^{K×d}, Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ, Σ_B = (1/K) M̄ᵀM̄.
+
+Accumulator design (why it is exact and stable):
+
+* Statistics are kept per class as counts n_k, sums s_k and within-class squared distances
+  q_k = Σ_{i∈k} ‖h_i − μ_k‖², plus the pooled within-class scatter S_W = Σ_i (h_i − μ_{y_i})(·)ᵀ
+  (d×d), all in float64. A batch is cut into row chunks (cast into a reusable float64 buffer, so
+  float32 input never needs a full float64 copy); a chunk is centred in place on its *own* class
+  means and its scatter is one matmul (h − μ^chunk_y)ᵀ(h − μ^chunk_y); chunks, batches and
+  accumulators are combined with Chan's parallel
+  formula S = S_a + S_b + Σ_k (n_a n_b / n) δ_k δ_kᵀ, δ_k = μ_k^b − μ_k^a. This never forms the
+  uncentred Σ h hᵀ − N μ μᵀ difference, so tiny within-class scatter (deep collapse) does not
+  drown in cancellation, and merging is exact algebra (order changes only the rounding).
+  Only the pooled scatter is stored (not one d×d matrix per class): every metric needs only Σ_W and
+  the per-class traces q_k, which keeps memory at d² + O(Kd) for any K.
+* Per-sample quantities cannot be recovered from moments: nc3 needs cos(h_i, w_{y_i}) and nc4
+  compares argmax_k (W h_i + b)_k with argmin_k ‖h_i − μ_k‖², which is not a function of any
+  moments of the data. So W (and b) may be given at construction and nc3 is accumulated in the same
+  pass; nc4 needs the final class means and therefore a second pass: call
+  :meth:`CollapseAccumulator.set_class_means` after the first pass (or pass the means merged across
+  processes), then :meth:`CollapseAccumulator.update_ncm` over the same data. Without W at
+  construction nc3 is NaN; without the second pass nc4 is NaN (both documented in ``compute``).
+  :func:`collapse_metrics` does both passes on in-memory data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from scipy.spatial.distance import pdist
+
+__all__ = [
+    "CollapseAccumulator",
+    "collapse_metrics",
+    "etf_target",
+    "nc2_distance",
+    "stream_collapse_metrics",
+]
+
+GlobalMean = Literal["sample", "class"]
+_F64 = torch.float64
+_INTS = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# input handling
+
+
+def _as_tensor(x: Any, name: str, device: torch.device | None = None) -> torch.Tensor:
+    """numpy / torch / sequence → torch tensor (no copy where possible), on ``device`` if given."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    elif isinstance(x, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name}: cannot convert {type(x).__name__} to an array") from exc
+    if device is not None and t.device != device:
+        t = t.to(device)
+    return t
+
+
+def _features(x: Any, dim: int, device: torch.device | None, cast: bool = True) -> torch.Tensor:
+    """Validate an (N, d) feature batch; return it on ``device`` (as float64 if ``cast``).
+
+    NaN/inf are detected on the float64 column sums (any NaN or ±inf reaches them), which costs
+    O(d) extra instead of a full O(Nd) isfinite pass; ``update`` does the same on its class sums.
+    """
+    t = _as_tensor(x, "features", device)
+    if t.ndim != 2:
+        raise ValueError(
+            f"features must be 2-D (N, d) with samples as rows, got shape {tuple(t.shape)}"
+        )
+    if t.shape[1] != dim:
+        raise ValueError(f"features have dimension {t.shape[1]}, expected d = {dim}")
+    if t.dtype == torch.bool or not (t.is_floating_point() or t.dtype in _INTS):
+        raise ValueError(f"features must be real numbers, got dtype {t.dtype}")
+    if cast:
+        t = t.to(_F64)  # reductions in float64 whatever the input precision (float32/16 features)
+        _check_finite(t.sum(dim=0), "features")
+    return t
+
+
+def _check_finite(t: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contain NaN or inf")
+
+
+def _labels(y: Any, n: int, num_classes: int, device: torch.device) -> torch.Tensor:
+    """Validate integer labels in [0, K) with one label per feature row; return int64 on device."""
+    t = _as_tensor(y, "labels", device)
+    if t.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {tuple(t.shape)}")
+    if t.shape[0] != n:
+        raise ValueError(f"labels have length {t.shape[0]} but features have {n} rows")
+    if t.is_floating_point():
+        if not bool(torch.isfinite(t).all()) or not bool((t == t.round()).all()):
+            raise ValueError("labels must be integers")
+    elif t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"labels must be integers, got dtype {t.dtype}")
+    t = t.to(torch.int64)
+    if n and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got range [{int(t.min())}, {int(t.max())}]"
+        )
+    return t
+
+
+def _classifier(W: Any, b: Any, num_classes: int, dim: int, device: torch.device):
+    """Validate W (K, d) and optional b (K,); return float64 tensors on device."""
+    Wt = _as_tensor(W, "W", device)
+    if Wt.ndim != 2 or tuple(Wt.shape) != (num_classes, dim):
+        raise ValueError(
+            f"W must have shape (K, d) = ({num_classes}, {dim}), got {tuple(Wt.shape)}"
+        )
+    Wt = Wt.to(_F64)
+    if not bool(torch.isfinite(Wt).all()):
+        raise ValueError("W contains NaN or inf")
+    bt = None
+    if b is not None:
+        bt = _as_tensor(b, "b", device).to(_F64).reshape(-1)
+        if bt.shape[0] != num_classes:
+            raise ValueError(f"b must have shape ({num_classes},), got {tuple(bt.shape)}")
+        if not bool(torch.isfinite(bt).all()):
+            raise ValueError("b contains NaN or inf")
+    return Wt, bt
+
+
+# --------------------------------------------------------------------------------------------------
+# geometry helpers (plain float64 numpy on small K×K / K×d objects)
+
+
+def etf_target(num_classes: int) -> np.ndarray:
+    """Simplex-ETF Gram target P_K = I_K − 11ᵀ/K (SPEC §1)."""
+    return np.eye(num_classes) - np.full((num_classes, num_classes), 1.0 / num_classes)
+
+
+def nc2_distance(X: np.ndarray, target: np.ndarray) -> float:
+    """‖G/‖G‖_F − T/‖T‖_F‖_F with G = X Xᵀ (X: K rows). NaN if X = 0 (no geometry to compare)."""
+    G = X @ X.T
+    gn = np.linalg.norm(G)
+    if gn == 0.0:
+        return math.nan
+    return float(np.linalg.norm(G / gn - target / np.linalg.norm(target)))
+
+
+def _equinorm(X: np.ndarray) -> float:
+    """std/mean of the row norms (population std). NaN if all rows are zero."""
+    norms = np.linalg.norm(X, axis=1)
+    m = norms.mean()
+    return float(norms.std() / m) if m > 0 else math.nan
+
+
+def _equiangularity(X: np.ndarray) -> float:
+    """Mean over pairs k<l of |cos(x_k, x_l) + 1/(K−1)|; 0 for a simplex ETF. NaN on a zero row."""
+    K = X.shape[0]
+    norms = np.linalg.norm(X, axis=1)
+    if np.any(norms == 0):
+        return math.nan
+    C = (X / norms[:, None]) @ (X / norms[:, None]).T
+    iu = np.triu_indices(K, k=1)
+    return float(np.mean(np.abs(C[iu] + 1.0 / (K - 1))))
+
+
+# --------------------------------------------------------------------------------------------------
+# the accumulator
+
+
+class CollapseAccumulator:
+    """Streaming, mergeable collapse statistics (float64; CPU or any torch device).
+
+    Parameters
+    ----------
+    num_classes, dim:
+        K ≥ 2 and the feature width d.
+    device:
+        where the statistics live (``None``: the device of the first batch; numpy → CPU).
+    W, b:
+        optional classifier (K, d) and bias (K,). Needed *during the pass* for the per-sample nc3
+        and for nc4; may also be given only to :meth:`compute` for the moment-based metrics.
+    global_mean:
+        μ_G = sample mean ``"sample"`` (default, SPEC §6) or mean of class means ``"class"``.
+    chunk_rows:
+        rows per internal chunk (default 2²²/d, i.e. 32 MiB float64 buffers); results do not
+        depend on it beyond rounding.
+
+    Usage (data that does not fit in memory, or spread over processes)::
+
+        acc = CollapseAccumulator(K, d, W=W, b=b)
+        for x, y in loader: acc.update(features(x), y)   # pass 1 (merge partial accumulators here)
+        acc.set_class_means()                            # freeze μ_k for the nearest-mean rule
+        for x, y in loader: acc.update_ncm(features(x), y)   # pass 2, only for nc4
+        metrics = acc.compute()
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        device: torch.device | str | None = None,
+        *,
+        W: Any = None,
+        b: Any = None,
+        global_mean: GlobalMean = "sample",
+        chunk_rows: int | None = None,
+    ) -> None:
+        if int(num_classes) != num_classes or num_classes < 2:
+            raise ValueError(f"need at least 2 classes, got num_classes = {num_classes}")
+        if int(dim) != dim or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim}")
+        if global_mean not in ("sample", "class"):
+            raise ValueError(f"global_mean must be 'sample' or 'class', got {global_mean!r}")
+        self.num_classes = int(num_classes)
+        self.dim = int(dim)
+        self.global_mean: GlobalMean = global_mean
+        self.device: torch.device | None = torch.device(device) if device is not None else None
+        if b is not None and W is None:
+            raise ValueError("b given without W")
+        self.W: torch.Tensor | None = None
+        self.b: torch.Tensor | None = None
+        if W is not None:  # validate now; moved to the statistics' device in _allocate
+            self.W, self.b = _classifier(W, b, self.num_classes, self.dim, None)
+        self._allocated = False
+        # rows per internal chunk: two float64 (chunk_rows, d) buffers of 32 MiB each by default
+        self.chunk_rows = int(chunk_rows) if chunk_rows is not None else max(1, 2**22 // self.dim)
+        if self.chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+        self._buf: tuple[torch.Tensor, ...] | None = None
+        if self.device is not None:
+            self._allocate(self.device)
+
+    # -- state -------------------------------------------------------------------------------------
+    def _allocate(self, device: torch.device) -> None:
+        K, d = self.num_classes, self.dim
+        self.device = device
+        self.counts = torch.zeros(K, dtype=_F64, device=device)  # n_k (float64: exact below 2^53)
+        self.sums = torch.zeros(K, d, dtype=_F64, device=device)  # s_k = Σ_{i∈k} h_i
+        self.within_sq = torch.zeros(K, dtype=_F64, device=device)  # q_k = Σ_{i∈k} ‖h_i − μ_k‖²
+        self.scatter = torch.zeros(d, d, dtype=_F64, device=device)  # S_W (pooled, centred)
+        self.cos_sum = torch.zeros((), dtype=_F64, device=device)  # Σ_i cos(h_i, w_{y_i})
+        self.cos_count = 0  # samples that contributed to cos_sum (all of them, if W was given)
+        self.ncm_means: torch.Tensor | None = None  # μ_k reference for nc4 (set_class_means)
+        self.ncm_agree = 0  # #{i : argmax(W h_i + b) = argmin_k ‖h_i − μ_k‖}
+        self.ncm_count = 0
+        if self.W is not None:
+            self.W = self.W.to(device)
+            self.b = None if self.b is None else self.b.to(device)
+        self._allocated = True
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.counts.sum().item()) if self._allocated else 0
+
+    def class_means(self) -> np.ndarray:
+        """μ_k = s_k / n_k as a float64 (K, d) numpy array; ValueError if a class is empty."""
+        self._check_nonempty()
+        return (self.sums / self.counts[:, None]).cpu().numpy()
+
+    def _check_nonempty(self) -> None:
+        if not self._allocated or self.n_samples == 0:
+            raise ValueError("no samples accumulated")
+        empty = torch.nonzero(self.counts == 0).flatten().tolist()
+        if empty:
+            raise ValueError(f"class(es) {empty} have no samples")
+
+    # -- pass 1 ------------------------------------------------------------------------------------
+    def update(self, features: Any, labels: Any) -> CollapseAccumulator:
+        """Add a batch: features (B, d) as rows, labels (B,) in [0, K). Returns self.
+
+        The batch is processed in row chunks through two reusable float64 buffers (cast in,
+        centre in place, one (d×c)(c×d) matmul each; chunks merged with Chan's formula), so a
+        float32 batch never gets a full float64 copy and the caller's data is never modified.
+        """
+        if not self._allocated:
+            dev = features.device if isinstance(features, torch.Tensor) else torch.device("cpu")
+            self._allocate(dev)
+        x = _features(features, self.dim, self.device, cast=False)
+        y = _labels(labels, x.shape[0], self.num_classes, self.device)
+        step = self.chunk_rows
+        names = ("counts", "sums", "within_sq", "scatter", "cos_sum")
+        saved = {k: getattr(self, k).clone() for k in names} if x.shape[0] > step else None
+        saved_cos_count = self.cos_count
+        try:
+            for i in range(0, x.shape[0], step):
+                self._update_chunk(x[i : i + step], y[i : i + step])
+        except ValueError:
+            # a bad chunk (NaN/inf) after good ones: roll back so an update is all-or-nothing
+            if saved is not None:
+                for k, v in saved.items():
+                    setattr(self, k, v)
+                self.cos_count = saved_cos_count
+            raise
+        return self
+
+    def _buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._buf is None or self._buf[0].device != self.device:
+            shape = (self.chunk_rows, self.dim)
+            self._buf = tuple(torch.empty(shape, dtype=_F64, device=self.device) for _ in "ab")
+        return self._buf[0][:rows], self._buf[1][:rows]
+
+    def _update_chunk(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One chunk, shifted by a per-class reference r_k close to the class mean.
+
+        r_k = the running mean μ_k^a where class k was seen, else its first row in this chunk
+        (one sample is within the class spread of its mean, so no between-class offset survives
+        the shift). With h'_i = h_i − r_{y_i} (computed in the float64 buffer), s'_k = Σ h'_i,
+        m'_k = s'_k/n_b and γ_k = n_b²/(n_a + n_b), the exact update is
+          S ← S + Σ h'h'ᵀ − Σ_k γ_k m'_k m'_kᵀ,   q_k ← q_k + Σ_{i∈k} ‖h'_i‖² − γ_k ‖m'_k‖²,
+        i.e. Chan's formula with δ_k = m'_k (r_k = μ_k^a exactly: same float expression). The
+        subtracted terms are O(n_b × within-class variance / n_b): no cancellation.
+        """
+        c = x.shape[0]
+        if c == 0:
+            return
+        K, d, dev = self.num_classes, self.dim, self.device
+        h, g = self._buffers(c)
+        cnt = torch.bincount(y, minlength=K).to(_F64)
+        ref = self.sums / self.counts.clamp(min=1.0)[:, None]
+        unseen = (self.counts == 0) & (cnt > 0)
+        if bool(unseen.any()):
+            first = torch.full((K,), c, dtype=torch.int64, device=dev).scatter_reduce_(
+                0, y, torch.arange(c, device=dev), reduce="amin"
+            )
+            idx = torch.nonzero(unseen).flatten()
+            ref[idx] = x[first[idx]].to(_F64)
+        torch.index_select(ref, 0, y, out=g)
+        # h' = h − r_y in float64 (copy_ then sub_: torch's mixed-dtype sub is ~4x slower)
+        h.copy_(x).sub_(g)
+        s1 = torch.zeros(K, d, dtype=_F64, device=dev).index_add_(0, y, h)
+        _check_finite(s1, "features")  # NaN/±inf anywhere in the chunk reaches a class sum
+        sq = torch.linalg.vector_norm(h, dim=1).square_()
+        q1 = torch.zeros(K, dtype=_F64, device=dev).index_add_(0, y, sq)
+        m1 = s1 / cnt.clamp(min=1.0)[:, None]
+        gamma = cnt * cnt / (self.counts + cnt).clamp(min=1.0)
+        if h.device.type == "cpu":
+            # numpy's BLAS (OpenBLAS) ran this float64 Gram ~2x faster than torch's CPU BLAS
+            # (MKL) on the development machine; both are zero-copy views of the same memory
+            S = self.scatter.numpy()
+            hn = h.numpy()
+            S += hn.T @ hn
+        else:
+            self.scatter.addmm_(h.T, h)
+        self.scatter.addmm_((m1 * gamma[:, None]).T, m1, alpha=-1.0)
+        # the true increment is q_b + coef‖δ‖² ≥ 0: clip rounding below zero
+        self.within_sq += (q1 - gamma * (m1 * m1).sum(dim=1)).clamp(min=0.0)
+        self.sums += s1 + cnt[:, None] * ref
+        self.counts += cnt
+        if self.W is not None:  # cos(h_i, w_{y_i}) for nc3 on the unshifted rows
+            g.add_(h)  # g = r_y + h' = h (float64)
+            torch.index_select(self.W, 0, y, out=h)  # h is free now: the scatter is done
+            denom = torch.linalg.vector_norm(g, dim=1) * torch.linalg.vector_norm(h, dim=1)
+            dots = h.mul_(g).sum(dim=1)
+            # cos := 0 where a vector is zero (undefined direction)
+            cos = torch.where(denom > 0, dots / torch.where(denom > 0, denom, 1.0), 0.0)
+            self.cos_sum += cos.sum()
+            self.cos_count += c
+
+    def _combine(
+        self,
+        cnt: torch.Tensor,
+        sums: torch.Tensor,
+        wsq: torch.Tensor,
+        scatter: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> None:
+        """Chan's parallel update: S = S_a + S_b + Σ_k (n_a n_b/n) δ_k δ_kᵀ, δ_k = μ_b − μ_a.
+
+        S_b is ``scatter``, or rowsᵀrows for centred ``rows`` (added in place by one addmm).
+        """
+        na, nb = self.counts, cnt
+        n = na + nb
+        both = (na > 0) & (nb > 0)
+        coef = torch.where(both, na * nb / n.clamp(min=1.0), 0.0)
+        delta = sums / nb.clamp(min=1.0)[:, None] - self.sums / na.clamp(min=1.0)[:, None]
+        delta = delta * both[:, None]  # a class missing on one side contributes no correction
+        if rows is not None:
+            self.scatter.addmm_(rows.T, rows)
+        else:
+            self.scatter += scatter
+        self.scatter.addmm_((delta * coef[:, None]).T, delta)
+        self.within_sq += wsq + coef * (delta * delta).sum(dim=1)
+        self.counts += nb
+        self.sums += sums
+
+    def merge(self, other: CollapseAccumulator) -> CollapseAccumulator:
+        """Fold ``other`` (same K, d, classifier, NCM reference) into self exactly; → self."""
+        if not isinstance(other, CollapseAccumulator):
+            raise ValueError(f"can only merge a CollapseAccumulator, got {type(other).__name__}")
+        if (other.num_classes, other.dim) != (self.num_classes, self.dim):
+            raise ValueError(
+                f"cannot merge accumulators of (K, d) = {(other.num_classes, other.dim)} into "
+                f"{(self.num_classes, self.dim)}"
+            )
+        if other.global_mean != self.global_mean:
+            raise ValueError("cannot merge accumulators with different global_mean options")
+        if not other._allocated:
+            return self
+        if not self._allocated:
+            self._allocate(other.device)
+        dev = self.device
+        if self.n_samples == 0 and self.W is None and self.cos_count == 0 and other.W is not None:
+            # an empty accumulator adopts the classifier of the first one merged into it
+            self.W, self.b = other.W.to(dev), None if other.b is None else other.b.to(dev)
+        if self.ncm_means is None and self.ncm_count == 0 and other.ncm_means is not None:
+            self.ncm_means = other.ncm_means.to(dev)  # likewise the nearest-class-mean reference
+        if other.ncm_means is None and other.ncm_count == 0 and self.ncm_means is not None:
+            pass  # other carries no pass-2 counts; nothing to reconcile
+        elif (self.ncm_means is None) != (other.ncm_means is None) or (
+            self.ncm_means is not None and not torch.equal(self.ncm_means, other.ncm_means.to(dev))
+        ):
+            raise ValueError("cannot merge accumulators with different nearest-mean references")
+        for name, mine, theirs in (("W", self.W, other.W), ("b", self.b, other.b)):
+            if (mine is None) != (theirs is None) or (
+                mine is not None and not torch.equal(mine, theirs.to(dev))
+            ):
+                raise ValueError(f"cannot merge accumulators built with different {name}")
+        self._combine(
+            other.counts.to(dev),
+            other.sums.to(dev),
+            other.within_sq.to(dev),
+            scatter=other.scatter.to(dev),
+        )
+        self.cos_sum += other.cos_sum.to(dev)
+        self.cos_count += other.cos_count
+        self.ncm_agree += other.ncm_agree
+        self.ncm_count += other.ncm_count
+        return self
+
+    # -- pass 2 (nc4) ------------------------------------------------------------------------------
+    def set_class_means(self, means: Any = None) -> CollapseAccumulator:
+        """Fix the class means used by the nearest-class-mean rule of nc4.
+
+        ``None``: this accumulator's own means (call after the full first pass). When the first
+        pass was split over processes, pass the means of the merged accumulator to each one.
+        """
+        if means is None:
+            means = self.class_means()
+        if not self._allocated:
+            dev = means.device if isinstance(means, torch.Tensor) else torch.device("cpu")
+            self._allocate(dev)
+        m = _as_tensor(means, "means", self.device).to(_F64)
+        if tuple(m.shape) != (self.num_classes, self.dim):
+            raise ValueError(
+                f"means must have shape ({self.num_classes}, {self.dim}), got {tuple(m.shape)}"
+            )
+        if not bool(torch.isfinite(m).all()):
+            raise ValueError("means contain NaN or inf")
+        self.ncm_means = m.clone()
+        self.ncm_agree = 0
+        self.ncm_count = 0
+        return self
+
+    def update_ncm(self, features: Any, labels: Any) -> CollapseAccumulator:
+        """Second pass: count argmax_k(W h + b)_k == argmin_k ‖h − μ_k‖² (ties → lowest index)."""
+        if self.ncm_means is None:
+            raise ValueError("call set_class_means() after the first pass before update_ncm()")
+        if self.W is None:
+            raise ValueError("nc4 needs the classifier: construct the accumulator with W (and b)")
+        x = _features(features, self.dim, self.device, cast=False)
+        _labels(labels, x.shape[0], self.num_classes, self.device)  # validates the batch
+        K, mu = self.num_classes, self.ncm_means
+        # argmin ‖h − μ_k‖² = argmax (h·μ_k − ½‖μ_k‖²): logits and scores from one matmul
+        Wmu = torch.cat([self.W, mu]).T.contiguous()
+        half_sq = 0.5 * (mu * mu).sum(dim=1)
+        agree = torch.zeros((), dtype=torch.int64, device=self.device)
+        for i in range(0, x.shape[0], self.chunk_rows):
+            h, _ = self._buffers(min(self.chunk_rows, x.shape[0] - i))
+            h.copy_(x[i : i + self.chunk_rows])  # float64, chunk by chunk like update()
+            _check_finite(h.sum(dim=0), "features")
+            if h.device.type == "cpu":  # numpy's BLAS: faster here, see _update_chunk
+                both = torch.from_numpy(h.numpy() @ Wmu.numpy())
+            else:
+                both = h @ Wmu
+            logits, score = both[:, :K], both[:, K:] - half_sq
+            if self.b is not None:
+                logits = logits + self.b
+            agree += (logits.argmax(dim=1) == score.argmax(dim=1)).sum()
+        self.ncm_agree += int(agree.item())
+        self.ncm_count += x.shape[0]
+        return self
+
+    # -- metrics -----------------------------------------------------------------------------------
+    def compute(self, W: Any = None, b: Any = None) -> dict[str, float]:
+        """All metrics as floats (SPEC §6).
+
+        W, b: the classifier; if the accumulator was built with W, omit them (or pass the same).
+        nc3 is NaN unless W was given at construction (per-sample cosines are summed in the pass);
+        nc4 is NaN unless the nearest-class-mean pass (``set_class_means`` + ``update_ncm``) ran,
+        and ValueError if it covered a different number of samples than pass 1 or used other means.
+
+        Keys: nc1 = tr Σ_W / tr Σ_B; nc1_papyan = (1/K) tr(Σ_W Σ_B⁺) with Σ_B⁺ from the top K−1
+        eigenpairs of Σ_B; cdnv = mean_{k<l} (σ_k² + σ_l²)/(2‖μ_k − μ_l‖²), σ_k² = q_k/n_k;
+        nc2 / nc2_ortho = nc2_distance(W, P_K / I_K); nc2_means = nc2_distance(M̄, P_K);
+        nc2_means_ortho = nc2_distance([μ_k] uncentred, I_K); equinorm(_W/_means) = std/mean of
+        row norms; equiangularity(_W/_means) = mean |cos + 1/(K−1)|;
+        nc3 = 1 − (1/N) Σ cos(h_i, w_{y_i});
+        nc3_papyan = ‖Wᵀ/‖W‖_F − M̄ᵀ/‖M̄‖_F‖_F²; nc4 = 1 − nc4_agreement (fraction of samples whose
+        classifier argmax equals the nearest class mean); tr_sigma_w, tr_sigma_b, n_samples.
+        """
+        self._check_nonempty()
+        K, d = self.num_classes, self.dim
+        if W is None:
+            if self.W is None:
+                raise ValueError("compute needs the classifier W (give it here or at construction)")
+            Wt, bt = self.W, self.b
+        else:
+            Wt, bt = _classifier(W, b, K, d, self.device)
+            if self.W is not None and (
+                not torch.equal(Wt, self.W)
+                or (bt is None) != (self.b is None)
+                or (bt is not None and not torch.equal(bt, self.b))
+            ):
+                raise ValueError("compute(W, b) differs from the classifier given at construction")
+        n = self.counts.cpu().numpy()
+        N = float(n.sum())
+        if K > N:
+            raise ValueError(f"more classes (K = {K}) than samples (N = {int(N)})")
+        mu = (self.sums / self.counts[:, None]).cpu().numpy()
+        mu_g = (n @ mu) / N if self.global_mean == "sample" else mu.mean(axis=0)
+        Mbar = mu - mu_g
+        Sw = self.scatter.cpu().numpy() / N
+        q = self.within_sq.cpu().numpy()
+        W_np = Wt.cpu().numpy()
+
+        tr_w = float(q.sum() / N)  # = tr Σ_W, from the per-class traces (exact, non-negative)
+        tr_b = float((Mbar * Mbar).sum() / K)
+        out: dict[str, float] = {"n_samples": N, "tr_sigma_w": tr_w, "tr_sigma_b": tr_b}
+        out["nc1"] = tr_w / tr_b if tr_b > 0 else math.inf
+        out["nc1_papyan"] = _nc1_papyan(Sw, Mbar, K)
+
+        # CDNV over all class pairs k<l; pdist forms the differences directly (no Gram
+        # cancellation) and returns them in the same order as triu_indices
+        var = q / n
+        dist2 = pdist(mu, "sqeuclidean")
+        iu = np.triu_indices(K, k=1)
+        num = var[iu[0]] + var[iu[1]]
+        ratio = np.full_like(dist2, np.inf)
+        np.divide(num, 2.0 * dist2, out=ratio, where=dist2 > 0)
+        out["cdnv"] = float(ratio.mean())
+
+        P, I = etf_target(K), np.eye(K)
+        out["nc2"] = nc2_distance(W_np, P)
+        out["nc2_ortho"] = nc2_distance(W_np, I)
+        out["nc2_means"] = nc2_distance(Mbar, P)
+        out["nc2_means_ortho"] = nc2_distance(mu, I)
+        out["equinorm_W"] = _equinorm(W_np)
+        out["equinorm_means"] = _equinorm(Mbar)
+        out["equinorm"] = out["equinorm_W"]
+        out["equiangularity_W"] = _equiangularity(W_np)
+        out["equiangularity_means"] = _equiangularity(Mbar)
+        out["equiangularity"] = out["equiangularity_W"]
+
+        if self.W is not None and self.cos_count == N:
+            out["nc3"] = 1.0 - float(self.cos_sum.item()) / N
+        else:
+            out["nc3"] = math.nan
+        wn, mn = np.linalg.norm(W_np), np.linalg.norm(Mbar)
+        out["nc3_papyan"] = (
+            float(np.linalg.norm(W_np.T / wn - Mbar.T / mn) ** 2) if wn > 0 and mn > 0 else math.nan
+        )
+
+        if self.ncm_means is None or self.ncm_count == 0:
+            out["nc4_agreement"] = math.nan
+        else:
+            if self.ncm_count != N:
+                raise ValueError(
+                    f"the nearest-class-mean pass saw {self.ncm_count} samples, pass 1 saw {int(N)}"
+                )
+            ref = self.ncm_means.cpu().numpy()
+            scale = max(1.0, float(np.abs(mu).max()))
+            if not np.allclose(ref, mu, rtol=0.0, atol=1e-9 * scale):
+                raise ValueError("nc4 was measured against class means that differ from the data's")
+            out["nc4_agreement"] = self.ncm_agree / N
+        out["nc4"] = 1.0 - out["nc4_agreement"]
+        return out
+
+    # -- serialisation (for merging across processes) ---------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_buf"] = None  # scratch buffers are not state (and are tens of MiB)
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        """CPU numpy state, picklable; rebuild with :meth:`from_state_dict` and :meth:`merge`."""
+        if not self._allocated:
+            raise ValueError("empty accumulator has no state")
+        st: dict[str, Any] = {
+            "num_classes": self.num_classes,
+            "dim": self.dim,
+            "global_mean": self.global_mean,
+            "counts": self.counts.cpu().numpy(),
+            "sums": self.sums.cpu().numpy(),
+            "within_sq": self.within_sq.cpu().numpy(),
+            "scatter": self.scatter.cpu().numpy(),
+            "cos_sum": float(self.cos_sum.item()),
+            "cos_count": self.cos_count,
+            "ncm_agree": self.ncm_agree,
+            "ncm_count": self.ncm_count,
+        }
+        for key, val in (("W", self.W), ("b", self.b), ("ncm_means", self.ncm_means)):
+            st[key] = None if val is None else val.cpu().numpy()
+        return st
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str | None = None):
+        """Inverse of :meth:`state_dict` (on CPU unless ``device`` is given)."""
+        acc = cls(
+            state["num_classes"],
+            state["dim"],
+            device or "cpu",
+            W=state["W"],
+            b=state["b"],
+            global_mean=state["global_mean"],
+        )
+        dev = acc.device
+        acc.counts = torch.as_tensor(state["counts"], dtype=_F64, device=dev)
+        acc.sums = torch.as_tensor(state["sums"], dtype=_F64, device=dev)
+        acc.within_sq = torch.as_tensor(state["within_sq"], dtype=_F64, device=dev)
+        acc.scatter = torch.as_tensor(state["scatter"], dtype=_F64, device=dev)
+        acc.cos_sum = torch.tensor(state["cos_sum"], dtype=_F64, device=dev)
+        acc.cos_count = int(state["cos_count"])
+        if state["ncm_means"] is not None:
+            acc.ncm_means = torch.as_tensor(state["ncm_means"], dtype=_F64, device=dev)
+        acc.ncm_agree, acc.ncm_count = int(state["ncm_agree"]), int(state["ncm_count"])
+        return acc
+
+
+def _nc1_papyan(Sw: np.ndarray, Mbar: np.ndarray, K: int) -> float:
+    """(1/K) tr(Σ_W Σ_B⁺), Σ_B⁺ = Σ_{j ≤ K−1} v_j v_jᵀ / s_j² from the SVD of M̄/√K.
+
+    Σ_B has rank ≤ K−1 (its rows are centred by a weighted mean), so only its top K−1 eigenpairs are
+    signal; a plain pinv also inverts rounding-noise eigenvalues and can return huge or negative
+    values. Eigenvalues below a relative tolerance are dropped too (rank-deficient means, d < K−1).
+    Each term v_jᵀ Σ_W v_j is clipped at 0 because Σ_W is PSD (only rounding can make it negative).
+    """
+    _, s, Vt = np.linalg.svd(Mbar / math.sqrt(K), full_matrices=False)
+    if s.size == 0 or s[0] == 0.0:
+        return math.inf
+    keep = min(K - 1, s.size)
+    s, Vt = s[:keep], Vt[:keep]
+    tol = s[0] * max(Mbar.shape) * np.finfo(np.float64).eps
+    mask = s > tol
+    s, Vt = s[mask], Vt[mask]
+    quad = np.maximum(np.einsum("jd,de,je->j", Vt, Sw, Vt), 0.0)
+    return float((quad / s**2).sum() / K)
+
+
+# --------------------------------------------------------------------------------------------------
+# plain functions
+
+
+def collapse_metrics(
+    features: Any,
+    labels: Any,
+    W: Any,
+    b: Any = None,
+    num_classes: int | None = None,
+    *,
+    global_mean: GlobalMean = "sample",
+) -> dict[str, float]:
+    """Collapse metrics of in-memory data (rows of ``features`` are samples; numpy or torch).
+
+    Runs on the device of a torch ``features`` tensor, reduces in float64, and returns the keys of
+    :meth:`CollapseAccumulator.compute` (nc3 and nc4 included: both passes are done here).
+    K = W.shape[0]; ``num_classes``, if given, must agree.
+    """
+    Wt = _as_tensor(W, "W")
+    if Wt.ndim != 2:
+        raise ValueError(f"W must be 2-D (K, d), got shape {tuple(Wt.shape)}")
+    K = Wt.shape[0]
+    if num_classes is not None and num_classes != K:
+        raise ValueError(f"num_classes = {num_classes} but W has {K} rows")
+    h = _as_tensor(features, "features")
+    if h.ndim != 2:
+        raise ValueError(
+            f"features must be 2-D (N, d) with samples as rows, got shape {tuple(h.shape)}"
+        )
+    if h.shape[1] != Wt.shape[1]:
+        raise ValueError(f"features have dimension {h.shape[1]} but W has {Wt.shape[1]} columns")
+    if K < 2:
+        raise ValueError(f"need at least 2 classes, got K = {K}")
+    if K > h.shape[0]:
+        raise ValueError(f"more classes (K = {K}) than samples (N = {h.shape[0]})")
+    acc = CollapseAccumulator(K, h.shape[1], h.device, W=W, b=b, global_mean=global_mean)
+    acc.update(h, labels)
+    acc.set_class_means()
+    acc.update_ncm(h, labels)
+    return acc.compute()
+
+
+def stream_collapse_metrics(
+    batches: Callable[[], Iterable[tuple[Any, Any]]],
+    num_classes: int,
+    dim: int,
+    W: Any,
+    b: Any = None,
+    *,
+    device: torch.device | str | None = None,
+    global_mean: GlobalMean = "sample",
+) -> dict[str, float]:
+    """Two streaming passes over ``batches()`` (a callable returning a fresh iterable of
+    (features, labels) batches each time): statistics + nc3, then the nc4 nearest-mean pass."""
+    acc = CollapseAccumulator(num_classes, dim, device, W=W, b=b, global_mean=global_mean)
+    for h, y in batches():
+        acc.update(h, y)
+    acc.set_class_means()
+    for h, y in batches():
+        acc.update_ncm(h, y)
+    return acc.compute()

