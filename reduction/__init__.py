@@ -12,16 +12,40 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
+_SWEEP_NAMES = {"run_sweep", "report", "SweepResult", "ufm_problem_for"}
+_PRESET_NAMES = {"PRESETS", "Preset", "get_preset"}
+
+
+def __getattr__(name: str) -> object:
+    """The sweep imports torch (through deepnet): load it only when one of its names is used."""
+    if name in _SWEEP_NAMES:
+        from . import sweep
+
+        return getattr(sweep, name)
+    if name in _PRESET_NAMES:
+        from . import presets
+
+        return getattr(presets, name)
+    raise AttributeError(f"module 'reduction' has no attribute {name!r}")
+
+
 __all__ = [
+    "PRESETS",
     "CollapseAccumulator",
     "NegativeGapError",
+    "Preset",
     "RateFit",
+    "SweepResult",
     "__version__",
     "collapse_metrics",
     "distance_to_optimum",
     "fit_rate",
+    "get_preset",
     "plot_depth",
     "procrustes_distance",
+    "report",
+    "run_sweep",
     "stream_collapse_metrics",
     "summarize_by_depth",
+    "ufm_problem_for",
 ]
