@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from .rates import Rows, fit_rate, load_rows, summarize_by_depth, values_matrix
 
@@ -23,6 +24,9 @@ _LABELS = {
     "nc3_papyan": "NC3 (Papyan)",
     "nc4": "NC4  (1 − NCM agreement)",
     "gap": r"objective gap $J_L - \mathrm{UFM}^*$",
+    "objective_gap": r"objective gap $J_L - \mathrm{UFM}^*$",
+    "classifier_gap": r"fit + $\frac{\lambda}{2}\|W\|^2 - \mathrm{UFM}^*$",
+    "body_penalty": "body penalty",
 }
 
 
@@ -81,6 +85,9 @@ def plot_depth(
             _draw_fit(ax, rows, m, colour)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        # label the depths themselves: log-axis minor labels (2×10⁰, 3×10⁰, …) overlap
+        ax.set_xticks(depth, [f"{d:g}" for d in depth])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         if not single_axis:
             ax.set_title(names.get(m, m), fontsize=10)
