@@ -89,6 +89,23 @@ def print_summary(result: Any, file: Any = sys.stdout) -> None:
             f"with 2x epochs ({100 * c['rel_improvement_2x']:+.2f}%)",
             file=file,
         )
+    from reduction.sweep import BUDGET_PLATEAU_TOL
+
+    moved = [c for c in result.budget_checks if abs(c["rel_improvement_2x"]) >= BUDGET_PLATEAU_TOL]
+    if moved:
+        print(
+            f"  WARNING: twice the epochs still moved J by ≥ {100 * BUDGET_PLATEAU_TOL:g}% at "
+            f"depth {', '.join(str(c['depth']) for c in moved)}: these runs have not reached a "
+            "plateau; read the depth trends as budget-limited (raise --epochs).",
+            file=file,
+        )
+    unsettled = [r for r in result.rows if not r.get("plateaued")]
+    if unsettled:
+        print(
+            f"  WARNING: {len(unsettled)} run(s) changed J by ≥ 0.5% over their last 10% of "
+            "epochs (column plateaued = False).",
+            file=file,
+        )
     for key in ("results", "summary", "rates", "png", "pdf"):
         print(f"{key:>8}: {result.paths[key]}", file=file)
 

@@ -56,6 +56,9 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "train_acc",
     "test_acc",
 )
+#: the 2x-budget rerun counts as a plateau when J moves by less than this (relative). SPEC §9 asks
+#: for the rerun but gives no number; 2% is our choice, four times its 0.5% last-10%-of-steps test.
+BUDGET_PLATEAU_TOL = 0.02
 #: metrics whose log–log slope is fitted (strictly positive quantities that should shrink)
 RATE_METRICS: tuple[str, ...] = ("nc1", "nc2", "nc3", "objective_gap", "classifier_gap")
 
@@ -413,6 +416,7 @@ def _budget_checks(
                 "objective": base["objective"],
                 "objective_2x": row["objective"],
                 "rel_improvement_2x": rel,
+                "plateaued_2x": bool(abs(rel) < BUDGET_PLATEAU_TOL),
                 "nc1": base["nc1"],
                 "nc1_2x": row["nc1"],
                 "objective_gap": base["objective_gap"],
@@ -478,7 +482,12 @@ def report(
             "summary": summary,
             "rates": rates,
             "budget_checks": list(budget_checks),
+            # last 10% of steps moved J by < 0.5% in every run (deepnet's per-run check)
             "all_plateaued": all(bool(r.get("plateaued")) for r in rows),
+            # and twice the epochs moved J by < BUDGET_PLATEAU_TOL at the extreme depths
+            "budget_plateaued": (
+                all(bool(c.get("plateaued_2x")) for c in budget_checks) if budget_checks else None
+            ),
             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )

@@ -258,3 +258,21 @@ def test_cli_sweep_and_report(tmp_path):
         timeout=300,
     )
     assert bad.returncode == 2 and "unknown preset" in bad.stderr
+
+
+def test_budget_check_reruns_extreme_depths_with_twice_the_epochs(tiny_sweep, digits):
+    res = run_sweep(TINY, tiny_sweep.out_dir, budget_check=True, progress=False, data=digits)
+    assert res.trained == 0  # the main runs are reused; only the 2x reruns train
+    checks = {c["depth"]: c for c in res.budget_checks}
+    assert set(checks) == {1, 3}
+    for depth, c in checks.items():
+        rerun = json.loads(
+            (res.out_dir / "budget2x" / "runs" / f"L{depth}-s0" / "row.json").read_text()
+        )
+        assert rerun["epochs"] == 2 * TINY.config["epochs"]
+        assert c["objective_2x"] == rerun["objective"]
+        rel = (c["objective"] - c["objective_2x"]) / abs(c["objective_2x"])
+        assert c["rel_improvement_2x"] == pytest.approx(rel)
+        assert c["plateaued_2x"] == (abs(rel) < 0.02)
+    saved = json.loads(res.paths["json"].read_text())
+    assert saved["budget_plateaued"] == all(c["plateaued_2x"] for c in checks.values())
