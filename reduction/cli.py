@@ -71,18 +71,25 @@ def print_summary(result: Any, file: Any = sys.stdout) -> None:
         cells = []
         for c in cols:
             m, sd = s.get(f"{c}_mean"), s.get(f"{c}_std")
-            cells.append(f"{_fmt(m):>10} ± {_fmt(sd):<9}" if m is not None else f"{'-':>22}")
+            if m is None:
+                cells.append(f"{'-':>22}")
+            elif sd is None or not math.isfinite(sd):  # one seed: no spread to show
+                cells.append(f"{_fmt(m):>10}{'':<12}")
+            else:
+                cells.append(f"{_fmt(m):>10} ± {_fmt(sd):<9}")
         print(f"{s['depth']:>5}  {s['n_seeds']:>5}  " + "  ".join(cells), file=file)
     print("\nlog–log slope vs depth (95% bootstrap interval over seeds):", file=file)
     for r in result.rates:
-        if "slope" in r:
+        if "slope" not in r:
+            print(f"  {r['metric']:>15}: {r.get('note', 'n/a')}", file=file)
+        elif math.isfinite(r["ci_low"]) and math.isfinite(r["ci_high"]):
             print(
                 f"  {r['metric']:>15}: {r['slope']:+.3f}  "
                 f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
                 file=file,
             )
         else:
-            print(f"  {r['metric']:>15}: {r.get('note', 'n/a')}", file=file)
+            print(f"  {r['metric']:>15}: {r['slope']:+.3f}  (one seed: no interval)", file=file)
     for c in result.budget_checks:
         print(
             f"  plateau check L={c['depth']}: J {c['objective']:.5g} -> {c['objective_2x']:.5g} "
