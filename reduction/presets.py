@@ -78,18 +78,21 @@ def _mk(name: str, description: str, config: dict[str, Any], **kw: Any) -> tuple
     return name, Preset(name=name, description=description, config=config, **kw)
 
 
+def _paper(name: str, description: str, config: dict[str, Any], **kw: Any) -> tuple[str, Preset]:
+    """The paper's protocol: 5 seeds, GPU-sized, no 2x-budget rerun (its budget is the paper's)."""
+    kw = {"seeds": (0, 1, 2, 3, 4), "gpu_sized": True, "budget_check": False, **kw}
+    return _mk(name, description, config, **kw)
+
+
 PRESETS: dict[str, Preset] = dict(
     [
         # ---- the paper's Figure 1 and appendix (GPU-sized) --------------------------------
-        _mk(
+        _paper(
             "paper-fig1-rn1-cifar10",
             "Figure 1: L-RN1, CIFAR-10 (needs --data-root), λ=0.005, SGD lr 0.005, 5000 epochs",
             {**_PAPER_VISION, "arch": "rn1", "dataset": "cifar10", "lam": 0.005},
-            seeds=(0, 1, 2, 3, 4),
-            gpu_sized=True,
-            budget_check=False,
         ),
-        _mk(
+        _paper(
             "paper-fig1-t11-cifar10",
             "Figure 1: L-T11 (post-LN, CLS readout, 4x4 patches), CIFAR-10 (needs --data-root)",
             {
@@ -100,11 +103,8 @@ PRESETS: dict[str, Preset] = dict(
                 "lam": 0.005,
                 "batch_size": 1000,
             },
-            seeds=(0, 1, 2, 3, 4),
-            gpu_sized=True,
-            budget_check=False,
         ),
-        _mk(
+        _paper(
             "paper-fig1-t11pre-imdb",
             "Figure 1: pre-LN L-T11 on IMDB (needs --data-root), lr 0.001",
             {
@@ -116,11 +116,8 @@ PRESETS: dict[str, Preset] = dict(
                 "lr": 0.001,
                 "batch_size": 1000,
             },
-            seeds=(0, 1, 2, 3, 4),
-            gpu_sized=True,
-            budget_check=False,
         ),
-        _mk(
+        _paper(
             "paper-fig1-rn2-mnist",
             "Figure 1: L-RN2 with λ(L)=0.005/L on MNIST",
             {
@@ -130,18 +127,12 @@ PRESETS: dict[str, Preset] = dict(
                 "lam": 0.005,
                 "lam_schedule": "inverse_depth",
             },
-            seeds=(0, 1, 2, 3, 4),
-            gpu_sized=True,
-            budget_check=False,
         ),
-        _mk(
+        _paper(
             "paper-app-rn2-const-mnist",
             "Appendix control: L-RN2, constant λ=0.005, MNIST (should NOT improve with depth)",
             {**_PAPER_VISION, "arch": "rn2", "dataset": "mnist", "lam": 0.005},
-            seeds=(0, 1, 2, 3, 4),
             expect="flat",
-            gpu_sized=True,
-            budget_check=False,
         ),
         # ---- CPU presets: same shape, ~10 minutes each on 2 cores -----------------------
         _mk(

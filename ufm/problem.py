@@ -200,42 +200,45 @@ class Problem:
         y = self.labels
         return all(len(set(y[list(g)].tolist())) == 1 for g in self.groups)
 
-    @cached_property
-    def points(self) -> Points:
-        """Class/group-level reduction: one point per group, one per class for the rest."""
-        K, y = self.K, self.labels
+    def _grouped_columns(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One point per group: (sample → point assignment, −1 where ungrouped; label counts)."""
         assignment = np.full(self.N, -1, dtype=np.int64)
         cols: list[np.ndarray] = []
         for g in self.groups or ():
             idx = np.asarray(g)
             assignment[idx] = len(cols)
-            cols.append(np.bincount(y[idx], minlength=K).astype(float))
-        for k in range(K):
-            free = np.flatnonzero((y == k) & (assignment < 0))
-            if free.size:
-                assignment[free] = len(cols)
-                c = np.zeros(K)
-                c[k] = free.size
-                cols.append(c)
+            cols.append(np.bincount(self.labels[idx], minlength=self.K).astype(float))
+        return assignment, cols
+
+    @staticmethod
+    def _points(assignment: np.ndarray, cols: list[np.ndarray]) -> Points:
         counts = np.stack(cols, axis=1)
         return Points(counts=counts, mult=counts.sum(axis=0), assignment=assignment)
 
+    @cached_property
+    def points(self) -> Points:
+        """Class/group-level reduction: one point per group, one per class for the rest."""
+        y = self.labels
+        assignment, cols = self._grouped_columns()
+        for k in range(self.K):
+            free = np.flatnonzero((y == k) & (assignment < 0))
+            if free.size:
+                assignment[free] = len(cols)
+                c = np.zeros(self.K)
+                c[k] = free.size
+                cols.append(c)
+        return self._points(assignment, cols)
+
     def sample_points(self) -> Points:
         """Sample-level reduction: one point per group, every other sample its own point."""
-        y, K = self.labels, self.K
-        assignment = np.full(self.N, -1, dtype=np.int64)
-        cols: list[np.ndarray] = []
-        for g in self.groups or ():
-            idx = np.asarray(g)
-            assignment[idx] = len(cols)
-            cols.append(np.bincount(y[idx], minlength=K).astype(float))
+        y = self.labels
+        assignment, cols = self._grouped_columns()
         for i in np.flatnonzero(assignment < 0):
             assignment[i] = len(cols)
-            c = np.zeros(K)
+            c = np.zeros(self.K)
             c[y[i]] = 1.0
             cols.append(c)
-        counts = np.stack(cols, axis=1)
-        return Points(counts=counts, mult=counts.sum(axis=0), assignment=assignment)
+        return self._points(assignment, cols)
 
     def to_dict(self) -> dict:
         return {
