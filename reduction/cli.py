@@ -139,9 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="any RunConfig field, e.g. --set width=128 --set norm=pre",
     )
     s.add_argument(
-        "--no-budget-check",
-        action="store_true",
-        help="skip the 2x-epochs rerun of the extreme depths",
+        "--budget-check",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rerun the shallowest and deepest depth (first seed) with 2x epochs to test the "
+        "plateau (default: the preset's choice)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -176,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 depths=args.depths,
                 seeds=args.seeds,
                 overrides=_overrides(args.set, args),
-                budget_check=False if args.no_budget_check else None,
+                budget_check=args.budget_check,
                 progress=not args.quiet,
             )
     except (ValueError, FileNotFoundError) as err:
