@@ -102,6 +102,7 @@ def test_rows_respect_the_theory_lower_bound(tiny_sweep):
         assert r["ufm_value"] == pytest.approx(ufm.solve(problem).value, rel=1e-9)
         assert r["fit"] + r["classifier_penalty"] >= r["ufm_value"] - 1e-6
         assert r["objective_gap"] >= r["body_penalty"] - 1e-6
+        assert r["objective_rel_gap"] == pytest.approx(r["objective_gap"] / r["ufm_value"])
         assert r["objective"] == pytest.approx(
             r["fit"] + r["classifier_penalty"] + r["body_penalty"] + r["embedding_penalty"],
             rel=1e-6,
