@@ -76,11 +76,9 @@ def marginal(run: Callable[[int], float], n: int, e1: int, e2: int) -> float:
     return (e2 - e1) * n / max(t2 - t1, 1e-9)
 
 
-def measure(
-    arch: str, depth: int, batch: int | None, data: Dataset, epochs: int, reps: int
-) -> tuple[float, float]:
-    """Best of ``reps`` interleaved measurements of each side (the machine is shared)."""
-    cfg = RunConfig(
+def bench_config(arch: str, depth: int, batch: int | None, epochs: int) -> RunConfig:
+    """Both sides' settings: width 64, Adam 3e-4 constant, no evaluations or checkpoints."""
+    return RunConfig(
         arch=arch,
         depth=depth,
         width=64,
@@ -93,6 +91,13 @@ def measure(
         device="cpu",
         patch_size=7,
     )
+
+
+def measure(
+    arch: str, depth: int, batch: int | None, data: Dataset, epochs: int, reps: int
+) -> tuple[float, float]:
+    """Best of ``reps`` interleaved measurements of each side (the machine is shared)."""
+    cfg = bench_config(arch, depth, batch, epochs)
     ref_batch = batch or len(data.x_train)
     reference_loop(cfg, data, 1, ref_batch)  # warm-up (allocator, kernels), untimed
     ours, ref = 0.0, 0.0
@@ -106,26 +111,14 @@ def measure_steps(
     arch: str, depth: int, batch: int | None, data: Dataset, epochs: int, reps: int
 ) -> tuple[float, float]:
     """Like :func:`measure`, but per-step throughput: model build and evaluations cancel out."""
-    base = dict(
-        arch=arch,
-        depth=depth,
-        width=64,
-        batch_size=batch,
-        lr=3e-4,
-        lr_schedule="constant",
-        eval_every=10**6,
-        checkpoint_every=10**6,
-        device="cpu",
-        patch_size=7,
-    )
     n = len(data.x_train)
     ref_batch = batch or n
 
     def ours_run(e: int) -> float:
-        return deepnet_loop(RunConfig(epochs=e, **base), data)
+        return deepnet_loop(bench_config(arch, depth, batch, e), data)
 
     def ref_run(e: int) -> float:
-        return reference_loop(RunConfig(epochs=e, **base), data, e, ref_batch)
+        return reference_loop(bench_config(arch, depth, batch, e), data, e, ref_batch)
 
     ours, ref = 0.0, 0.0
     for _ in range(reps):
