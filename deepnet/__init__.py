@@ -18,9 +18,11 @@ from .train import (
     RunConfig,
     RunResult,
     TrainingDivergedError,
+    atomic_write,
     build_model,
     evaluate,
     load_result,
+    load_run_data,
     train,
 )
 from .transformer import Transformer, TransformerConfig
@@ -37,8 +39,10 @@ __all__ = [
     "Transformer",
     "TransformerConfig",
     "__version__",
+    "atomic_write",
     "build_model",
     "evaluate",
     "load_result",
+    "load_run_data",
     "train",
 ]

@@ -306,7 +306,7 @@ def _half_sq_norm(params: list[Tensor]) -> Tensor:
 # files
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write a temporary file in the same folder, then os.replace: never a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -323,7 +323,7 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") ->
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda fh: json.dump(obj, fh, indent=2, allow_nan=True), mode="w")
+    atomic_write(path, lambda fh: json.dump(obj, fh, indent=2, allow_nan=True), mode="w")
 
 
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:
@@ -390,14 +390,18 @@ def _to_device(
     return tuple(xs)  # type: ignore[return-value]
 
 
-def _load_data(config: RunConfig) -> Any:
+def load_run_data(config: RunConfig, seed: int | None = None) -> Any:
+    """The dataset a run of ``config`` trains on; ``seed`` picks the subset (default config.seed).
+
+    A depth sweep passes one fixed ``seed`` so that every run of the sweep sees the same samples.
+    """
     from .data import load_dataset  # late import: data.py pulls optional readers
 
     return load_dataset(
         config.dataset,
         n_per_class=config.n_per_class,
         test_per_class=config.test_per_class,
-        seed=config.seed,
+        seed=config.seed if seed is None else seed,
         root=config.data_root,
         **config.data_options,
     )
@@ -440,7 +444,7 @@ def _train(
 ) -> RunResult:
     t0 = time.perf_counter()
     if data is None:
-        data = _load_data(config)
+        data = load_run_data(config)
     device = _resolve_device(config.device)
     dtype = DTYPES[config.dtype]
     lam = config.effective_lam
@@ -512,7 +516,7 @@ def _train(
             "history": history,
             "wall_time_s": wall_before + time.perf_counter() - t0,
         }
-        _atomic_write(ckpt_path, lambda fh: torch.save(state, fh))
+        atomic_write(ckpt_path, lambda fh: torch.save(state, fh))
 
     def record(at_epoch: int) -> dict[str, Any]:
         ev = evaluate(model, x, y, lam, config.loss)
@@ -659,7 +663,7 @@ def _train(
                 arrays["b"] = result.b
             np.savez(fh, **arrays)
 
-        _atomic_write(run_path / "features.npz", write_npz)
+        atomic_write(run_path / "features.npz", write_npz)
     return result
 
 

@@ -84,6 +84,29 @@ def _paper(name: str, description: str, config: dict[str, Any], **kw: Any) -> tu
     return _mk(name, description, config, **kw)
 
 
+def _cpu_resnets(tag: str, dataset: str, label: str) -> list[tuple[str, Preset]]:
+    """The three CPU ResNet presets of a dataset: L-RN1, L-RN2 with λ/L, the constant-λ control."""
+    base = {**_CPU_RESNET, "dataset": dataset, "lam": 0.005}
+    return [
+        _mk(
+            f"cpu-rn1-{tag}",
+            f"L-RN1, {label} 100/class, λ=0.005, Adam 3e-4 cosine, 3000 full-batch steps",
+            {**base, "arch": "rn1"},
+        ),
+        _mk(
+            f"cpu-rn2-{tag}",
+            f"L-RN2, {label} 100/class, λ(L)=0.005/L",
+            {**base, "arch": "rn2", "lam_schedule": "inverse_depth"},
+        ),
+        _mk(
+            f"cpu-rn2-const-{tag}",
+            f"Control: L-RN2, {label} 100/class, constant λ=0.005 (should NOT improve with depth)",
+            {**base, "arch": "rn2"},
+            expect="flat",
+        ),
+    ]
+
+
 PRESETS: dict[str, Preset] = dict(
     [
         # ---- the paper's Figure 1 and appendix (GPU-sized) --------------------------------
@@ -135,50 +158,8 @@ PRESETS: dict[str, Preset] = dict(
             expect="flat",
         ),
         # ---- CPU presets: same shape, ~10 minutes each on 2 cores -----------------------
-        _mk(
-            "cpu-rn1-mnist",
-            "L-RN1, MNIST 100/class, λ=0.005, Adam 3e-4 cosine, 3000 full-batch steps",
-            {**_CPU_RESNET, "arch": "rn1", "dataset": "mnist", "lam": 0.005},
-        ),
-        _mk(
-            "cpu-rn2-mnist",
-            "L-RN2, MNIST 100/class, λ(L)=0.005/L",
-            {
-                **_CPU_RESNET,
-                "arch": "rn2",
-                "dataset": "mnist",
-                "lam": 0.005,
-                "lam_schedule": "inverse_depth",
-            },
-        ),
-        _mk(
-            "cpu-rn2-const-mnist",
-            "Control: L-RN2, MNIST 100/class, constant λ=0.005 (should NOT improve with depth)",
-            {**_CPU_RESNET, "arch": "rn2", "dataset": "mnist", "lam": 0.005},
-            expect="flat",
-        ),
-        _mk(
-            "cpu-rn1-fashion",
-            "L-RN1, Fashion-MNIST 100/class (CIFAR-10 stand-in), λ=0.005",
-            {**_CPU_RESNET, "arch": "rn1", "dataset": "fashion-mnist", "lam": 0.005},
-        ),
-        _mk(
-            "cpu-rn2-fashion",
-            "L-RN2, Fashion-MNIST 100/class, λ(L)=0.005/L",
-            {
-                **_CPU_RESNET,
-                "arch": "rn2",
-                "dataset": "fashion-mnist",
-                "lam": 0.005,
-                "lam_schedule": "inverse_depth",
-            },
-        ),
-        _mk(
-            "cpu-rn2-const-fashion",
-            "Control: L-RN2, Fashion-MNIST 100/class, constant λ=0.005",
-            {**_CPU_RESNET, "arch": "rn2", "dataset": "fashion-mnist", "lam": 0.005},
-            expect="flat",
-        ),
+        *_cpu_resnets("mnist", "mnist", "MNIST"),
+        *_cpu_resnets("fashion", "fashion-mnist", "Fashion-MNIST (CIFAR-10 stand-in)"),
         _mk(
             "cpu-t11-fashion",
             "L-T11 (post-LN, CLS), Fashion-MNIST 50/class as four 14x14 patches, λ=0.005, "

@@ -18,10 +18,10 @@ killed and restarted skips finished runs; an interrupted run resumes from its tr
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 import ufm
-from deepnet import RunConfig, RunResult, train
-from deepnet.data import Dataset, load_dataset
+from deepnet import RunConfig, RunResult, atomic_write, load_run_data, train
+from deepnet.data import Dataset
 from reduction.distance import distance_to_optimum
 from reduction.metrics import collapse_metrics
 from reduction.plots import plot_depth
@@ -91,21 +91,6 @@ class SweepResult:
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
@@ -117,7 +102,8 @@ def _json_default(obj: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=True))
+    text = json.dumps(obj, indent=2, default=_json_default, allow_nan=True)
+    atomic_write(path, lambda fh: fh.write(text), mode="w")
 
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -126,14 +112,12 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         for key in row:
             if key not in columns:
                 columns.append(key)
-    import io
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
-    _atomic_write_text(path, buf.getvalue())
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()), mode="w")
 
 
 def _csv_cell(value: Any) -> Any:
@@ -282,16 +266,13 @@ def run_unit(
 
 
 def load_sweep_data(preset: Preset, overrides: Mapping[str, Any]) -> Dataset:
-    """Load the dataset of a sweep once; every run of the sweep trains on the same samples."""
-    cfg = {**preset.config, **overrides}
-    return load_dataset(
-        cfg["dataset"],
-        n_per_class=cfg.get("n_per_class"),
-        test_per_class=cfg.get("test_per_class"),
-        seed=int(cfg.get("data_seed", 0)),
-        root=cfg.get("data_root"),
-        **dict(cfg.get("data_options") or {}),
-    )
+    """Load the dataset of a sweep once; every run of the sweep trains on the same samples.
+
+    The subset is drawn with ``data_seed`` (an override, default 0), not with each run's seed.
+    """
+    config = make_run_config(preset, preset.depths[0], preset.seeds[0], overrides)
+    data_seed = {**preset.config, **overrides}.get("data_seed", 0)
+    return load_run_data(config, seed=int(data_seed))
 
 
 def run_sweep(
@@ -504,13 +485,11 @@ def report(
     )
     fig_metrics = [m for m in preset.metrics if m in rows[0]]
     fig = plot_depth(_table_rows(rows), metrics=tuple(fig_metrics), title=_title(preset, rows))
-    for key in ("png", "pdf"):
-        tmp = paths[key].with_name(f".{paths[key].stem}.tmp{paths[key].suffix}")
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.replace(tmp, paths[key])
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    for key in ("png", "pdf"):  # plot_depth's Figure holds no pyplot state: nothing to close
+        atomic_write(
+            paths[key],
+            lambda fh, fmt=key: fig.savefig(fh, format=fmt, dpi=150, bbox_inches="tight"),
+        )
     return SweepResult(
         out_dir=out,
         preset=preset,
