@@ -138,6 +138,7 @@ def make_run_config(
 ) -> RunConfig:
     """The :class:`deepnet.RunConfig` of one (depth, seed) unit of ``preset``."""
     fields = {**preset.config, **overrides, "depth": int(depth), "seed": int(seed)}
+    fields.pop("data_seed", None)  # a sweep setting (which samples), not a RunConfig field
     return RunConfig(**fields)
 
 

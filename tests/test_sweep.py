@@ -277,3 +277,17 @@ def test_budget_check_reruns_extreme_depths_with_twice_the_epochs(tiny_sweep, di
         assert c["plateaued_2x"] == (abs(rel) < 0.02)
     saved = json.loads(res.paths["json"].read_text())
     assert saved["budget_plateaued"] == all(c["plateaued_2x"] for c in checks.values())
+
+
+def test_data_seed_picks_the_sweeps_subset_not_each_runs_seed(tmp_path):
+    """`data_seed` is a sweep override: it chooses the samples and never reaches RunConfig."""
+    from reduction.sweep import load_sweep_data
+
+    overrides = {"data_seed": 3}
+    data = load_sweep_data(TINY, overrides)
+    ref = load_dataset("digits", n_per_class=8, test_per_class=5, seed=3)
+    np.testing.assert_array_equal(data.x_train, ref.x_train)
+    assert not np.array_equal(data.x_train, load_sweep_data(TINY, {}).x_train)
+    res = run_sweep(TINY, tmp_path, depths=(1,), seeds=(0, 1), overrides=overrides, progress=False)
+    assert res.trained == 2
+    assert all("data_seed" not in r["config"] for r in res.rows)
