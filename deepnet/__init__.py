@@ -1,8 +1,9 @@
 """deepcollapse.deepnet: deep LayerNorm ResNets and transformers trained on the exact objective.
 
 Public: :class:`RunConfig`, :func:`train` → :class:`RunResult`, :func:`load_result`,
-:class:`TrainingDivergedError`, :func:`build_model`, the models (:class:`ResNet`,
-:class:`Transformer`) with their configs, and :class:`LayerNorm`. Data: ``deepnet.data``.
+:class:`TrainingDivergedError`, :func:`build_model` and the architecture registry
+(:data:`ARCHS`, :func:`register_arch`), the models (:class:`ResNet`, :class:`Transformer`) with
+their configs, and :class:`LayerNorm`. Data: ``deepnet.data``.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -12,24 +13,21 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
+from .config import RunConfig, RunResult
+from .io import CorruptCheckpointError, atomic_write, load_result
 from .layers import Classifier, CollapseNet, LayerNorm
+from .models import ARCHS, Arch, build_model, register_arch
+from .objective import evaluate, gradient_norms
 from .resnet import ResNet, ResNetConfig
-from .train import (
-    RunConfig,
-    RunResult,
-    TrainingDivergedError,
-    atomic_write,
-    build_model,
-    evaluate,
-    load_result,
-    load_run_data,
-    train,
-)
+from .train import TrainingDivergedError, load_run_data, stationarity, train
 from .transformer import Transformer, TransformerConfig
 
 __all__ = [
+    "ARCHS",
+    "Arch",
     "Classifier",
     "CollapseNet",
+    "CorruptCheckpointError",
     "LayerNorm",
     "ResNet",
     "ResNetConfig",
@@ -42,7 +40,10 @@ __all__ = [
     "atomic_write",
     "build_model",
     "evaluate",
+    "gradient_norms",
     "load_result",
     "load_run_data",
+    "register_arch",
+    "stationarity",
     "train",
 ]

@@ -1,8 +1,9 @@
 """Command line: ``python -m deepnet train --arch rn1 --depth 8 --dataset mnist --out runs/x``.
 
-Every :class:`~deepnet.train.RunConfig` field has a flag (``--n-per-class`` alias ``--per-class``;
-``--data-option key=value`` repeatable). Prints a summary (objective split, accuracies, plateau),
-or the metrics as JSON with ``--json``.
+Every :class:`~deepnet.config.RunConfig` field has a flag (``--n-per-class`` alias
+``--per-class``; ``--data-option key=value`` repeatable). Prints a summary (objective split,
+accuracies, stationarity), or the metrics as JSON with ``--json``. A user error prints one line
+``error: …`` and exits 2; a diverging run prints one line and exits 3.
 """
 
 from __future__ import annotations
@@ -10,39 +11,32 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .train import (
-    ARCHS,
-    DTYPES,
-    LAM_SCHEDULES,
-    LOSSES,
-    LR_SCHEDULES,
-    OPTIMIZERS,
-    RunConfig,
-    RunResult,
-    TrainingDivergedError,
-    train,
-)
+from .config import CHOICES, RunConfig, RunResult, arch_choices
 
-_CHOICES: dict[str, Sequence[str]] = {
-    "arch": ARCHS,
-    "norm": ("post", "pre"),
-    "block_form": ("relu_of_linear", "linear_of_relu"),
-    "readout": ("cls", "last", "mean"),
-    "loss": LOSSES,
-    "lam_schedule": LAM_SCHEDULES,
-    "optimizer": OPTIMIZERS,
-    "lr_schedule": LR_SCHEDULES,
-    "dtype": tuple(DTYPES),
-}
-_ALIASES = {"n_per_class": ["--per-class"]}
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports errors as one ``error: …`` line and exit status 2 (no usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CliError(message)
 
 
 def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("none", "full", "all") else int(text)
+    if text.lower() in ("none", "full", "all"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
 
 
 def _optional_str(text: str) -> str | None:
@@ -59,27 +53,31 @@ def _data_option(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field, typed from the field's annotation."""
     defaults = RunConfig()
     for f in dataclasses.fields(RunConfig):
         if f.name == "data_options":
             continue
-        flags = [f"--{f.name.replace('_', '-')}", *_ALIASES.get(f.name, [])]
+        flags = [f"--{f.name.replace('_', '-')}"]
+        if f.name == "n_per_class":
+            flags.append("--per-class")
         default = getattr(defaults, f.name)
         kw: dict[str, Any] = {"dest": f.name, "default": default, "help": f"(default: {default})"}
-        if isinstance(default, bool):
+        kind = str(f.type).replace(" ", "")
+        if kind == "bool":
             p.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
             continue
-        if f.name in _CHOICES:
-            kw["choices"] = list(_CHOICES[f.name])
-        if f.name in ("n_per_class", "test_per_class", "batch_size", "num_threads"):
+        if f.name in CHOICES:
+            kw["choices"] = list(CHOICES[f.name] or arch_choices())
+        if kind == "int|None":
             kw["type"] = _optional_int
-            kw["help"] += "; 'none' = all / full batch / torch's threads"
-        elif f.name == "data_root":
+            kw["help"] += "; 'none' = unset"
+        elif kind == "str|None":
             kw["type"] = _optional_str
-        elif isinstance(default, int):
+        elif kind == "int":
             kw["type"] = int
-        elif isinstance(default, float):
+        elif kind == "float":
             kw["type"] = float
         p.add_argument(*flags, **kw)
     p.add_argument(
@@ -109,12 +107,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def summary(result: RunResult) -> str:
     """Human-readable summary of a run."""
     c = result.config
-    pl = result.plateau
-    rel = pl.get("rel_change")
+    st = result.stationarity
+    rel = st.get("rel_change", math.nan)
+    unit = "iterations" if c.optimizer == "lbfgs" else "epochs"
     lines = [
         f"{c.arch} depth={c.depth} width={c.width} norm={c.norm} on {c.dataset} "
-        f"(N={len(result.labels)}, K={result.W.shape[0]}), {result.epochs_done}/{c.epochs} epochs, "
-        f"{result.wall_time_s:.1f} s on {result.device}",
+        f"(N={len(result.labels)}, K={result.W.shape[0]}), {c.optimizer}, "
+        f"{result.epochs_done}/{c.epochs} {unit}, {result.wall_time_s:.1f} s on {result.device}",
         f"J_L            = {result.objective:.6f}   (λ = {c.effective_lam:g})",
         f"  fit          = {result.fit:.6f}",
         f"  classifier   = {result.classifier_penalty:.6f}   (λ/2)‖W‖²",
@@ -122,35 +121,41 @@ def summary(result: RunResult) -> str:
         f"  embedding    = {result.embedding_penalty:.6f}",
         f"train acc      = {result.train_acc:.4f}"
         + (f"   test acc = {result.test_acc:.4f}" if result.test_acc is not None else ""),
-        "plateau        = "
-        + (
-            f"{rel:.3%} change over the last {pl['window_epochs']} epochs -> "
-            f"{'plateaued' if pl['plateaued'] else 'NOT plateaued'}"
-            if rel is not None
-            else "n/a"
-        ),
+        f"‖∇J‖           = {st['grad_norm']:.3g}   (grad_tol {st['grad_tol']:g})",
+        "ΔJ/J window    = "
+        + (f"{rel:+.3e} over the last {st['window']} {unit}" if math.isfinite(rel) else "n/a")
+        + f"   (rel_tol {st['rel_tol']:g})",
+        "converged      = " + ("yes" if st["converged"] else "NO: " + "; ".join(st["reasons"])),
     ]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deepnet", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_train_args(sub.add_parser("train", help="train one network"))
-    args = parser.parse_args(argv)
+    from . import __version__
+    from .io import CorruptCheckpointError
+    from .train import TrainingDivergedError, train
+
+    parser = ArgumentParser(prog="python -m deepnet", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"deepcollapse {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    add_train_arguments(sub.add_parser("train", help="train one network"))
     try:
+        args = parser.parse_args(argv)
         config = config_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
         result = train(
             config, run_dir=args.out, resume=not args.no_resume, progress=not args.no_progress
         )
     except TrainingDivergedError as exc:
         print(f"diverged: {exc}", file=sys.stderr)
         return 3
+    except (CliError, ValueError, FileNotFoundError, CorruptCheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unwritable --out, full disk, ...
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(result.to_dict(), indent=2, default=str))
     else:
         print(summary(result))
     return 0

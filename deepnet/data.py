@@ -290,7 +290,9 @@ def _balanced_subset(
     y: np.ndarray, n: int | None, seed: int, stream: int, split: str, class_names: Sequence[str]
 ) -> np.ndarray:
     """Seeded choice of n per class (sorted indices). The per-class permutation does not depend on
-    n, so a smaller subset is a prefix of a larger one (same seed)."""
+    n, so a smaller subset is a prefix of a larger one (same seed). The training split must have
+    n in every class (balanced classes are part of the experiment); the test split takes *up to*
+    n per class (an evaluation set, so a short class is no reason to fail)."""
     arg = "n_per_class" if split == "train" else "test_per_class"
     if n is None:
         return np.arange(len(y))
@@ -301,7 +303,7 @@ def _balanced_subset(
     for c in range(len(class_names)):
         idx = np.flatnonzero(y == c)
         perm = idx[rng.permutation(len(idx))]
-        if len(idx) < n:
+        if len(idx) < n and split == "train":
             short.append(f"class {c} ({class_names[c]!r}) has only {len(idx)} {split} samples")
         chosen.append(perm[: int(n)])
     if short:

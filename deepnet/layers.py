@@ -1,4 +1,4 @@
-"""Shared building blocks of the deep networks (SPEC §2).
+"""Shared building blocks of the deep networks (THEORY §2).
 
 - :class:`LayerNorm`: LN(z) = (z − mean z) / sqrt(var z + ε), biased variance, ε = 1e-5 (as torch),
   parameter-free by default, so every output lies (up to ε) on S_d = {h : 1ᵀh = 0, ‖h‖ = √d}.
@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,14 @@ class Classifier(nn.Module):
         return self.linear(h)
 
 
+def half_sq_norm(params: list[Tensor], dtype: torch.dtype | None = None) -> Tensor:
+    """½ Σ_p ‖p‖_F², each square reduced in ``dtype`` (default: the parameters' own); the one
+    implementation of the coupled-L2 penalty (THEORY §2). 0 for an empty list."""
+    if not params:
+        return torch.zeros((), dtype=dtype or torch.get_default_dtype())
+    return 0.5 * torch.stack([p.to(dtype or p.dtype).square().sum() for p in params]).sum()
+
+
 def init_linear(linear: nn.Linear) -> None:
     """PyTorch's default (Kaiming-uniform, a=√5) initialisation, written out so it is explicit."""
     nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
@@ -75,8 +84,8 @@ def check_common(width: int, depth: int, norm: str, num_classes: int) -> None:
     """Validation shared by every model config."""
     if width < 2:
         raise ValueError(f"width must be >= 2 (LayerNorm of one coordinate is 0), got {width}")
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+    if depth < 0:
+        raise ValueError(f"depth must be >= 0 (0 = no blocks), got {depth}")
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if num_classes < 2:
@@ -95,8 +104,20 @@ class CollapseNet(nn.Module):
     classifier: Classifier
     decay_embedding: bool
 
-    def features(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def features(self, x: Tensor, all_layers: bool = False) -> Any:  # pragma: no cover
+        """The feature after the last LN, (N, d); with ``all_layers`` the list [h⁰, h¹, …, h^L]
+        of the features the classifier would read after 0, 1, …, L blocks (THEORY §2)."""
         raise NotImplementedError
+
+    def pad_init(self, start: int, scale: float) -> None:
+        """Initialise blocks ``start..L-1`` as near-identity blocks for depth continuation
+        (THEORY §10): each block's last linear map after its ReLU is set to 0 (so the block adds
+        exactly nothing) and every other block weight to ``scale`` × its default initialisation,
+        which keeps the new block's gradients alive (ReLU'(0) = 0 in torch, so an all-zero
+        σ(W h) block would be a stationary point that never moves)."""
+        with torch.no_grad():
+            for block in list(self.blocks)[start:]:
+                block.pad_init(scale)  # type: ignore[operator]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
@@ -127,21 +148,30 @@ class CollapseNet(nn.Module):
     def penalties(self, lam: float, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         """(λ/2)‖·‖² split into classifier, body and embedding (0 unless decay_embedding);
         reduced in ``dtype`` (default: the parameters' own)."""
-        zero = self.classifier.weight.new_zeros((), dtype=dtype)
 
-        def half_sq(params: list[tuple[str, nn.Parameter]]) -> Tensor:
-            total = zero
-            for _, p in params:
-                total = total + p.to(dtype or p.dtype).square().sum()
-            return 0.5 * lam * total
+        def pen(params: list[tuple[str, nn.Parameter]]) -> Tensor:
+            return lam * half_sq_norm([p for _, p in params], dtype)
 
         return {
-            "classifier_penalty": half_sq(self.classifier_decayed_parameters()),
-            "body_penalty": half_sq(self.body_decayed_parameters()),
+            "classifier_penalty": pen(self.classifier_decayed_parameters()),
+            "body_penalty": pen(self.body_decayed_parameters()),
             "embedding_penalty": (
-                half_sq(self.embedding_parameters()) if self.decay_embedding else zero
+                pen(self.embedding_parameters())
+                if self.decay_embedding
+                else self.classifier.weight.new_zeros((), dtype=dtype)
             ),
         }
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Every trained parameter, once, by role: embedding, body (blocks and every LN),
+        classifier (weight and bias)."""
+        emb = {id(p) for _, p in self.embedding_parameters()}
+        cls = {id(p) for p in self.classifier.parameters()}
+        groups: dict[str, list[nn.Parameter]] = {"embedding": [], "body": [], "classifier": []}
+        for p in self.parameters():
+            key = "embedding" if id(p) in emb else "classifier" if id(p) in cls else "body"
+            groups[key].append(p)
+        return groups
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,6 +1,7 @@
-"""L-RN1 and L-RN2 LayerNorm residual networks (SPEC §2).
+"""L-RN1 and L-RN2 LayerNorm residual networks (THEORY §2).
 
-Input: flatten x, h⁰ = LN(E x) with a bias-free linear embedding E. Then, for l = 1..L,
+Input: flatten x, h⁰ = LN(E x) with a bias-free linear embedding E. Then, for l = 1..L (L = 0:
+no blocks, the feature is h⁰),
 
 post-LN (default)
   L-RN1: h ← LN(h + σ(W_l h))          (block_form="relu_of_linear")
@@ -15,6 +16,7 @@ The feature is the last LN output (on the centred √d sphere); logits = W h^L (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +66,17 @@ class ResBlock(nn.Module):
             self.fc2 = nn.Linear(width, width, bias=False)
             init_linear(self.fc2)
 
+    def pad_init(self, scale: float) -> None:
+        """Near-identity start (see CollapseNet.pad_init): W₂ = 0 and W₁ scaled for two layers,
+        W = 0 for W σ(h), W scaled for σ(W h) (no zero map after the ReLU there)."""
+        if self.layers == 2:
+            self.fc1.weight.mul_(scale)
+            self.fc2.weight.zero_()
+        elif self.block_form == "linear_of_relu":
+            self.fc1.weight.zero_()
+        else:
+            self.fc1.weight.mul_(scale)
+
     def forward(self, h: Tensor) -> Tensor:
         if self.layers == 2:
             return self.fc2(torch.relu(self.fc1(h)))
@@ -93,13 +106,16 @@ class ResNet(CollapseNet):
         self.classifier = Classifier(d, config.num_classes, config.bias)
         init_linear(self.classifier.linear)
 
-    def features(self, x: Tensor) -> Tensor:
+    def _readout(self, h: Tensor) -> Tensor:
+        """The feature the classifier reads from the residual stream h (pre-LN: the final LN)."""
+        return h if self.ln_final is None else self.ln_final(h)
+
+    def features(self, x: Tensor, all_layers: bool = False) -> Any:
         h = self.ln_in(self.embed["E"](x.flatten(1)))
-        if self.config.norm == "post":
-            for block, ln in zip(self.blocks, self.norms):
-                h = ln(h + block(h))
-            return h
+        layers = [self._readout(h)] if all_layers else []
+        post = self.config.norm == "post"
         for block, ln in zip(self.blocks, self.norms):
-            h = h + block(ln(h))
-        assert self.ln_final is not None
-        return self.ln_final(h)
+            h = ln(h + block(h)) if post else h + block(ln(h))
+            if all_layers:
+                layers.append(self._readout(h))
+        return layers if all_layers else self._readout(h)

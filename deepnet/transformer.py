@@ -1,6 +1,7 @@
-"""L-T11 and L-T12 LayerNorm transformers for images, vectors and text (SPEC §2).
+"""L-T11 and L-T12 LayerNorm transformers for images, vectors and text (THEORY §2).
 
-Tokens X⁰ = LN(E x + P): for images, E embeds non-overlapping p×p patches (bias-free linear map);
+Tokens X⁰ = LN(E x + P) (depth 0: no blocks; the readout of X⁰ is the feature): for images,
+E embeds non-overlapping p×p patches (bias-free linear map);
 for vectors (N, D), E embeds consecutive chunks of length p; for text, E is a token embedding
 (pad id 0). P are learned positions. With ``readout="cls"`` a learned CLS token is prepended.
 
@@ -19,6 +20,7 @@ of attention.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +139,11 @@ class MLP(nn.Module):
             init_linear(self.fc1)
             init_linear(self.fc2)
 
+    def pad_init(self, scale: float) -> None:
+        self.fc1.weight.mul_(scale)
+        if self.layers == 2:
+            self.fc2.weight.zero_()
+
     def forward(self, x: Tensor) -> Tensor:
         y = torch.relu(self.fc1(x))
         return self.fc2(y) if self.layers == 2 else y
@@ -152,6 +159,13 @@ class Block(nn.Module):
         self.mlp = MLP(cfg.width, cfg.mlp_layers, cfg.mlp_hidden or cfg.width)
         self.ln1 = LayerNorm(cfg.width, cfg.ln_affine)
         self.ln2 = LayerNorm(cfg.width, cfg.ln_affine)
+
+    def pad_init(self, scale: float) -> None:
+        """Near-identity start for depth continuation: W_O = 0 (attention adds nothing), W_QKV
+        and the MLP's first map scaled by ``scale``, its second map (L-T12) 0."""
+        self.attn.qkv.weight.mul_(scale)
+        self.attn.out.weight.zero_()
+        self.mlp.pad_init(scale)
 
     def forward(self, x: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
         if self.post:
@@ -231,7 +245,7 @@ class Transformer(CollapseNet):
             patches = x.reshape(x.shape[0], -1, p)
         return self.embed.patch(patches), None
 
-    def features(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor, all_layers: bool = False) -> Any:
         tokens, keep = self._tokens(x)
         n, _, d = tokens.shape
         if self.use_cls:
@@ -251,13 +265,22 @@ class Transformer(CollapseNet):
             if causal:
                 mask = mask & torch.ones(tt, tt, dtype=torch.bool, device=h.device).tril()
             causal = False  # folded into the explicit mask
+        layers = [self._readout(h, keep)] if all_layers else []
         for block in self.blocks:
             h = block(h, mask, causal)
+            if all_layers:
+                layers.append(self._readout(h, keep))
+        return layers if all_layers else self._readout(h, keep)
+
+    def _readout(self, h: Tensor, keep: Tensor | None) -> Tensor:
+        """The (N, d) feature read from the token stream h (N, T, d): the final LN (pre-LN),
+        then the CLS token, the last (non-pad) token, or the mean followed by an LN."""
         if self.ln_final is not None:
             h = self.ln_final(h)
         readout = self.config.readout
         if readout == "cls":
             return h[:, 0]
+        n = h.shape[0]
         if readout == "last":
             if keep is None:
                 return h[:, -1]

@@ -4,15 +4,16 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .distance import NegativeGapError, distance_to_optimum, procrustes_distance
 from .metrics import CollapseAccumulator, collapse_metrics, stream_collapse_metrics
-from .plots import plot_depth
-from .rates import RateFit, fit_rate, summarize_by_depth
+from .plots import plot_depth, plot_history, plot_layer_profile
+from .rates import RateFit, fit_rate, preset_verdict, rate_table, summarize_by_depth, verdict
 
 try:
     __version__ = version("deepcollapse")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-_SWEEP_NAMES = {"run_sweep", "report", "SweepResult", "ufm_problem_for"}
+_SWEEP_NAMES = {"run_sweep", "SweepResult", "ufm_problem_for"}
+_REPORT_NAMES = {"report", "read_rows", "monotone_certificate"}
 _PRESET_NAMES = {"PRESETS", "Preset", "get_preset"}
 
 
@@ -22,6 +23,10 @@ def __getattr__(name: str) -> object:
         from . import sweep
 
         return getattr(sweep, name)
+    if name in _REPORT_NAMES:
+        from . import report
+
+        return getattr(report, name)
     if name in _PRESET_NAMES:
         from . import presets
 
@@ -41,11 +46,18 @@ __all__ = [
     "distance_to_optimum",
     "fit_rate",
     "get_preset",
+    "monotone_certificate",
     "plot_depth",
+    "plot_history",
+    "plot_layer_profile",
+    "preset_verdict",
     "procrustes_distance",
+    "rate_table",
+    "read_rows",
     "report",
     "run_sweep",
     "stream_collapse_metrics",
     "summarize_by_depth",
     "ufm_problem_for",
+    "verdict",
 ]

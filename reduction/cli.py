@@ -61,58 +61,102 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def _cell(m: Any, sd: Any) -> str:
+    if m is None:
+        return f"{'-':>20}"
+    if sd is None or not math.isfinite(sd):  # one seed: no spread to show
+        return f"{_fmt(m):>10}{'':<10}"
+    return f"{_fmt(m):>10} ± {_fmt(sd):<7}"
+
+
 def print_summary(result: Any, file: Any = sys.stdout) -> None:
-    """Mean ± std per depth of NC1–NC3 and the objective gap, then the fitted rates."""
-    cols = ["nc1", "nc2", "nc3", "objective_gap", "train_acc"]
+    """Per depth: mean ± std of J, the sandwich, NC1–NC3, ‖∇J‖ and the converged count; then
+    the monotone certificate, the budget checks and the fitted rates."""
+    cols = ["objective", "objective_gap", "body_penalty", "nc1", "nc2", "nc3", "grad_norm"]
+    head = {"objective": "J_L", "objective_gap": "J_L − UFM*", "body_penalty": "body penalty"}
     print(f"\n{result.preset.name}: {len(result.rows)} runs -> {result.out_dir}", file=file)
-    header = "depth  seeds  " + "  ".join(f"{c:>22}" for c in cols)
-    print(header, file=file)
+    print(
+        "depth  runs  conv  " + "  ".join(f"{head.get(c, c):>20}" for c in cols),
+        file=file,
+    )
     for s in result.summary:
-        cells = []
-        for c in cols:
-            m, sd = s.get(f"{c}_mean"), s.get(f"{c}_std")
-            if m is None:
-                cells.append(f"{'-':>22}")
-            elif sd is None or not math.isfinite(sd):  # one seed: no spread to show
-                cells.append(f"{_fmt(m):>10}{'':<12}")
-            else:
-                cells.append(f"{_fmt(m):>10} ± {_fmt(sd):<9}")
-        print(f"{s['depth']:>5}  {s['n_seeds']:>5}  " + "  ".join(cells), file=file)
-    print("\nlog–log slope vs depth (95% bootstrap interval over seeds):", file=file)
-    for r in result.rates:
-        if "slope" not in r:
-            print(f"  {r['metric']:>15}: {r.get('note', 'n/a')}", file=file)
-        elif math.isfinite(r["ci_low"]) and math.isfinite(r["ci_high"]):
+        cells = [_cell(s.get(f"{c}_mean"), s.get(f"{c}_std")) for c in cols]
+        print(
+            f"{s['depth']:>5}  {s['n_seeds']:>4}  {s.get('n_converged', 0):>4}  "
+            + "  ".join(cells),
+            file=file,
+        )
+    ufm_star = result.rows[0].get("ufm_value") if result.rows else None
+    if ufm_star is not None:
+        print(f"UFM* = {ufm_star:.6g}  (lower bound on every J_L*)", file=file)
+    mono = result.monotone
+    if mono:
+        if mono.get("ok"):
             print(
-                f"  {r['metric']:>15}: {r['slope']:+.3f}  "
-                f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                "monotone certificate: J_L ≤ min over shallower depths of J_L' for every seed "
+                f"(tolerance {mono['tolerance']:g} relative)",
                 file=file,
             )
-        else:
-            print(f"  {r['metric']:>15}: {r['slope']:+.3f}  (one seed: no interval)", file=file)
+        for v in mono.get("violations", []):
+            print(
+                f"  NOT AT THE OPTIMUM: seed {v['seed']} depth {v['depth']}: J = "
+                f"{v['objective']:.6g} > J = {v['shallower_objective']:.6g} at depth "
+                f"{v['shallower_depth']} ({100 * v['rel_excess']:+.3g}%)",
+                file=file,
+            )
     for c in result.budget_checks:
+        if c.get("status") != "ok":
+            print(f"  2x-budget rerun at L={c['depth']}: {c.get('status')}", file=file)
+            continue
         print(
-            f"  plateau check L={c['depth']}: J {c['objective']:.5g} -> {c['objective_2x']:.5g} "
-            f"with 2x epochs ({100 * c['rel_improvement_2x']:+.2f}%)",
+            f"  2x-budget rerun L={c['depth']}: J {c['objective']:.6g} -> {c['objective_2x']:.6g} "
+            f"(improvement {100 * c['rel_improvement_2x']:+.3f}%, tolerance "
+            f"{100 * c['tolerance']:g}%; rerun converged: {c['converged_2x']}) -> "
+            + ("ok" if c["ok"] else "FAILED"),
             file=file,
         )
-    from reduction.sweep import BUDGET_PLATEAU_TOL
-
-    moved = [c for c in result.budget_checks if abs(c["rel_improvement_2x"]) >= BUDGET_PLATEAU_TOL]
-    if moved:
+    unconverged = [r for r in result.rows if r.get("status") == "ok" and not r.get("converged")]
+    if unconverged:
         print(
-            f"  WARNING: twice the epochs still moved J by ≥ {100 * BUDGET_PLATEAU_TOL:g}% at "
-            f"depth {', '.join(str(c['depth']) for c in moved)}: these runs have not reached a "
-            "plateau; read the depth trends as budget-limited (raise --epochs).",
+            f"  WARNING: {len(unconverged)} run(s) did not meet the convergence criteria "
+            "(column converged = False; not_converged_because says why); rates use converged "
+            "runs only.",
             file=file,
         )
-    unsettled = [r for r in result.rows if not r.get("plateaued")]
-    if unsettled:
+    failed = [r for r in result.rows if r.get("status", "ok") != "ok"]
+    for r in failed:
         print(
-            f"  WARNING: {len(unsettled)} run(s) changed J by ≥ 0.5% over their last 10% of "
-            "epochs (column plateaued = False).",
+            f"  FAILED: depth {r['depth']} seed {r['seed']}: {r['status']}: {r.get('error')}",
             file=file,
         )
+    print(
+        "\nlog–log slope vs depth (converged runs at depths > 0; interval over seeds; "
+        "local slopes between consecutive depths; one power law = no significant curvature):",
+        file=file,
+    )
+    for r in result.rates:
+        if r.get("note"):
+            print(f"  {r['metric']:>18}: {r['note']}", file=file)
+            continue
+        if math.isfinite(r.get("ci_low", math.nan)):
+            ci = (
+                f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] "
+                f"({r['ci_method']}, {r['n_seeds']} seeds)"
+            )
+        else:
+            ci = "(one seed: no interval)"
+        local = ", ".join(f"{s:+.2f}" for _, _, s in r.get("local_slopes", []))
+        power = {True: "yes", False: "NO (curved)", None: "untestable"}[r.get("one_power_law")]
+        print(
+            f"  {r['metric']:>18}: {r['slope']:+.3f} {ci}  r² {r['r2']:.3f}  "
+            f"local [{local}]  one power law: {power}",
+            file=file,
+        )
+    v = getattr(result, "verdict", None)
+    if v:
+        print(f"\nverdict (expect {v['expect']}): {v['verdict'].upper()}: {v['reason']}", file=file)
+        for m in v.get("per_metric", []):
+            print(f"  {m['metric']:>18}: {m['verdict']}: {m['reason']}", file=file)
     for key in ("results", "summary", "rates", "png", "pdf"):
         print(f"{key:>8}: {result.paths[key]}", file=file)
 
@@ -142,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget-check",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="rerun the shallowest and deepest depth (first seed) with 2x epochs to test the "
-        "plateau (default: the preset's choice)",
+        help="rerun the shallowest depth with blocks and the deepest (first seed) with twice the "
+        "budget and check that J no longer moves (default: the preset's choice)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -166,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{'':<26} {preset.description}")
         return 0
 
-    from reduction.sweep import report, run_sweep
+    from reduction.report import report
+    from reduction.sweep import run_sweep
 
     try:
         if args.command == "report":

@@ -1,4 +1,10 @@
-"""Depth tables and power-law rates: summaries over seeds and log–log slope fits (SPEC §6)."""
+"""Depth tables and power-law rates (docs/THEORY.md §6, §10, §12).
+
+Summaries over seeds per depth, log–log slope fits with intervals that keep their coverage at
+the handful of seeds a sweep runs, fit-quality checks (r², local slopes, a curvature test of "one
+power law"), a table of rates over the usable runs of a sweep, and verdicts against what a preset
+expects of its metrics as depth grows.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +16,55 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
-__all__ = ["RateFit", "fit_rate", "load_rows", "summarize_by_depth", "values_matrix"]
+__all__ = [
+    "BOOTSTRAP_MIN_SEEDS",
+    "EXPECTATIONS",
+    "FLAT_TOL",
+    "RateFit",
+    "fit_rate",
+    "load_rows",
+    "preset_verdict",
+    "rate_table",
+    "run_status",
+    "summarize_by_depth",
+    "values_matrix",
+    "verdict",
+]
 
 Rows = Sequence[Mapping[str, Any]] | str | os.PathLike
+
+#: from this many seeds on the slope interval is a percentile bootstrap over seeds; below it a
+#: Student-t interval on the per-seed slopes (a bootstrap of 2–3 seeds covers the true slope only
+#: 50–75% of the time, the t interval keeps its level: docs/THEORY.md §12)
+BOOTSTRAP_MIN_SEEDS = 10
+#: what a preset may expect of its collapse metrics as depth grows
+EXPECTATIONS = ("decreasing", "flat")
+#: |slope| below which a slope whose interval contains 0 counts as flat
+FLAT_TOL = 0.05
+#: floor on the half-width of the slope and curvature intervals, relative to (1 + max|log v|)
+#: divided by the half-range h of log L (h² for the curvature): round-off in those coefficients
+#: measured ≤ 5e-15 on that scale, so an exact power law fitted in floating point never reports a
+#: spurious nonzero curvature, while any curvature that matters is many orders larger
+_RESOLUTION = 1e-12
 
 
 @dataclass(frozen=True)
 class RateFit:
-    """Least-squares fit log y = intercept + slope · log L (natural logs): y ≈ e^intercept L^slope.
+    """Power-law fit v ≈ e^intercept · L^slope of one metric against depth (natural logs).
 
-    ``ci_low``/``ci_high``: percentile bootstrap interval of the slope at level ``ci_level`` from
-    ``n_boot`` resamples of the seeds (NaN with a single seed); ``n``: points used in the fit.
+    slope: mean over seeds of the per-seed OLS slopes of log v on log L (``seed_slopes``).
+    ci_low/ci_high: interval of the slope at level ``ci_level``; ``ci_method`` "t" (mean ± t_{S−1}
+    · sd/√S over S per-seed slopes, 2 ≤ S < BOOTSTRAP_MIN_SEEDS), "bootstrap" (percentile interval
+    of the mean of ``n_boot`` resamples of the seeds, S ≥ BOOTSTRAP_MIN_SEEDS) or "none" (one
+    seed: NaN). intercept: least-squares intercept of the pooled points at that slope (the pooled
+    OLS fit when every seed has every depth); r2: r² of that line on the pooled points.
+    local_slopes: (L_i, L_{i+1}, slope) between consecutive depths of the mean-over-seeds log
+    curve. curvature: c of log v = a + s·x + c·x² (x = log L), mean over seeds with ≥ 3 depths;
+    curvature_ci: its interval ("t" over seeds, or "ols": c ± t_{n−3}·se(c) for a single seed);
+    one_power_law: whether the curvature interval contains 0 (None when untestable).
+    n: points in the fit; n_seeds: seeds with ≥ 2 valid depths; n_depths: distinct depths used.
     """
 
     slope: float
@@ -29,20 +72,56 @@ class RateFit:
     ci_low: float
     ci_high: float
     ci_level: float
+    ci_method: str
     n: int
     n_seeds: int
     n_depths: int
     n_boot: int
     r2: float
+    seed_slopes: tuple[float, ...]
+    local_slopes: tuple[tuple[float, float, float], ...]
+    curvature: float
+    curvature_ci: tuple[float, float]
+    curvature_method: str
+    one_power_law: bool | None
 
     @property
     def prefactor(self) -> float:
         return math.exp(self.intercept)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fit as plain Python values (lists for tuples), ready for JSON or a CSV row."""
+        return {
+            "slope": self.slope,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "ci_level": self.ci_level,
+            "ci_method": self.ci_method,
+            "seed_slopes": list(self.seed_slopes),
+            "intercept": self.intercept,
+            "r2": self.r2,
+            "local_slopes": [list(t) for t in self.local_slopes],
+            "curvature": self.curvature,
+            "curvature_ci": list(self.curvature_ci),
+            "curvature_method": self.curvature_method,
+            "one_power_law": self.one_power_law,
+            "n": self.n,
+            "n_seeds": self.n_seeds,
+            "n_depths": self.n_depths,
+        }
+
     def __str__(self) -> str:
+        if self.ci_method == "none":
+            ci = "no interval: one seed"
+        else:
+            ci = (
+                f"[{self.ci_low:+.3f}, {self.ci_high:+.3f}] "
+                f"{100 * self.ci_level:.0f}% {self.ci_method} over {self.n_seeds} seeds"
+            )
+        one = {True: "yes", False: "no", None: "untestable"}[self.one_power_law]
         return (
-            f"slope {self.slope:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}] "
-            f"({100 * self.ci_level:.0f}% CI, n = {self.n})"
+            f"slope {self.slope:+.3f} {ci} (n = {self.n}); r² {self.r2:.3f}; "
+            f"one power law: {one} (curvature {self.curvature:+.3f})"
         )
 
 
@@ -54,24 +133,64 @@ def _ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return s, float(ym - s * xm)
 
 
+def _t_interval(values: np.ndarray, ci: float, floor: float) -> tuple[float, float]:
+    """mean ± t_{S−1,(1+ci)/2} · sd/√S (sd with ddof = 1), half-width at least ``floor``."""
+    S = values.size
+    half = stats.t.ppf((1 + ci) / 2, S - 1) * values.std(ddof=1) / math.sqrt(S)
+    half = max(float(half), floor)
+    m = float(values.mean())
+    return m - half, m + half
+
+
+def _quadratic(x: np.ndarray, y: np.ndarray) -> tuple[float, float, int]:
+    """(c, se(c), dof) of the OLS fit y ≈ a + s x + c x² (≥ 3 distinct x).
+
+    Solved in u = (x − x̄)/h, h the half-range of x, for conditioning: c = c_u / h². c does not
+    depend on the shift of x, so this is the coefficient of x² itself. se(c) = √(σ̂² [(UᵀU)⁻¹]_cc)
+    / h² with σ̂² = RSS/(n − 3); NaN when n − 3 < 1.
+    """
+    h = (x.max() - x.min()) / 2
+    u = (x - x.mean()) / h
+    U = np.column_stack([np.ones_like(u), u, u * u])
+    coef, *_ = np.linalg.lstsq(U, y, rcond=None)
+    c = float(coef[2]) / h**2
+    dof = x.size - 3
+    if dof < 1:
+        return c, math.nan, dof
+    rss = float(((y - U @ coef) ** 2).sum())
+    cov = rss / dof * np.linalg.pinv(U.T @ U)
+    return c, math.sqrt(max(float(cov[2, 2]), 0.0)) / h**2, dof
+
+
 def fit_rate(
     depths: Sequence[float],
     values_per_seed: Any,
     *,
-    n_boot: int = 2000,
     ci: float = 0.95,
+    n_boot: int = 2000,
     seed: int = 0,
     drop_invalid: bool = False,
 ) -> RateFit:
-    """Fit values ∝ depth^slope on log–log axes, pooling all seeds.
+    """Fit values ∝ depth^slope on log–log axes, seed by seed (docs/THEORY.md §12).
 
-    depths: D positive depths. values_per_seed: array (S, D), one row per seed (a 1-D array of
-    length D is one seed). The fit is ordinary least squares of log v on log L over all valid
-    (seed, depth) points; the CI resamples whole seeds with replacement (numpy Generator(seed),
-    so deterministic) and refits, taking the (1−ci)/2 and (1+ci)/2 percentiles.
+    depths: D positive depths (drop the depth-0 baseline first: it has no logarithm).
+    values_per_seed: array (S, D), one row per seed (a 1-D array of length D is one seed).
+
+    Each seed s with ≥ 2 distinct valid depths gets its own OLS slope b_s of log v on log L; the
+    seeds are the independent replicates, so the slope is b̄ = mean_s b_s and its interval is
+    b̄ ± t_{S−1,(1+ci)/2} · sd(b)/√S for 2 ≤ S < BOOTSTRAP_MIN_SEEDS, or for S ≥
+    BOOTSTRAP_MIN_SEEDS the (1 ∓ ci)/2 percentiles of the mean of ``n_boot`` resamples of the
+    b_s with replacement (numpy Generator(seed): deterministic). One seed: NaN interval.
+
+    Fit quality: r² of log v = intercept + b̄ log L on the pooled points; local slopes
+    (ȳ_{i+1} − ȳ_i)/(log L_{i+1} − log L_i) of the mean-over-seeds log curve ȳ_i (mean of log v
+    over the seeds valid at L_i); and a curvature test: each seed with ≥ 3 depths is fitted with
+    log v = a + s x + c x², x = log L. With ≥ 2 such seeds the interval of c is the t interval
+    over their c_s; with one, c ± t_{n−3} · se(c) from its OLS fit (needs ≥ 4 depths). One power
+    law fits (``one_power_law``) when that interval contains 0; None when it cannot be tested.
 
     Values ≤ 0 or NaN have no logarithm: ValueError naming them, unless ``drop_invalid=True``,
-    which masks them out of the fit (and of every bootstrap refit).
+    which masks them out (a seed left with < 2 depths then drops out of the fit).
     """
     L = np.asarray(depths, dtype=np.float64)
     V = np.asarray(values_per_seed, dtype=np.float64)
@@ -85,7 +204,9 @@ def fit_rate(
             f"got {V.shape}"
         )
     if not np.all(np.isfinite(L)) or np.any(L <= 0):
-        raise ValueError(f"depths must be finite and positive, got {L.tolist()}")
+        raise ValueError(
+            f"depths must be finite and positive (drop the depth-0 baseline), got {L.tolist()}"
+        )
     if not 0 < ci < 1:
         raise ValueError(f"ci must lie in (0, 1), got {ci}")
     if n_boot < 1:
@@ -97,42 +218,376 @@ def fit_rate(
             "values must be finite and > 0 for a log–log fit; (seed row, depth, value) = "
             f"{bad[:5]}{' …' if len(bad) > 5 else ''}; pass drop_invalid=True to mask them"
         )
-    logL = np.broadcast_to(np.log(L), V.shape)
+    logL = np.log(L)
     logV = np.log(np.where(valid, V, 1.0))
-    x, yv = logL[valid], logV[valid]
-    if np.unique(x).size < 2:
-        raise ValueError("need valid values at two or more distinct depths to fit a slope")
-    slope, intercept = _ols(x, yv)
-    resid = yv - (intercept + slope * x)
-    ss_tot = float(((yv - yv.mean()) ** 2).sum())
+    # the seeds that carry a slope; a seed with fewer than two distinct depths carries none
+    per_seed = [
+        (L[m], logL[m], logV[s, m]) for s, m in enumerate(valid) if np.unique(logL[m]).size >= 2
+    ]
+    if not per_seed:
+        raise ValueError(
+            "need valid values at two or more distinct depths (in at least one seed) to fit "
+            f"a slope; depths {L.tolist()}, valid points per seed {valid.sum(axis=1).tolist()}"
+        )
+    b = np.array([_ols(x, y)[0] for _, x, y in per_seed])
+    S = b.size
+    slope = float(b.mean())
+    Lp = np.concatenate([d for d, _, _ in per_seed])
+    x = np.concatenate([x for _, x, _ in per_seed])
+    y = np.concatenate([y for _, _, y in per_seed])
+    intercept = float(y.mean() - slope * x.mean())
+    resid = y - (intercept + slope * x)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else 1.0
 
-    S = V.shape[0]
+    # round-off floors for the intervals (see _RESOLUTION), in units of slope and of curvature
+    half_range = (x.max() - x.min()) / 2
+    scale = _RESOLUTION * (1.0 + float(np.abs(y).max()))
     lo = hi = math.nan
-    if S > 1:
+    used_boot = 0
+    if S >= BOOTSTRAP_MIN_SEEDS:
+        method = "bootstrap"
         rng = np.random.default_rng(seed)
-        slopes = []
-        for _ in range(n_boot):
-            idx = rng.integers(0, S, size=S)
-            m = valid[idx]
-            xb = logL[idx][m]
-            if np.unique(xb).size < 2:  # a resample with one usable depth has no slope
-                continue
-            slopes.append(_ols(xb, logV[idx][m])[0])
-        if slopes:
-            lo, hi = (float(q) for q in np.quantile(slopes, [(1 - ci) / 2, (1 + ci) / 2]))
+        means = b[rng.integers(0, S, size=(n_boot, S))].mean(axis=1)
+        lo, hi = (float(q) for q in np.quantile(means, [(1 - ci) / 2, (1 + ci) / 2]))
+        lo, hi = min(lo, slope - scale / half_range), max(hi, slope + scale / half_range)
+        used_boot = n_boot
+    elif S >= 2:
+        method = "t"
+        lo, hi = _t_interval(b, ci, scale / half_range)
+    else:
+        method = "none"
+
+    # local slopes of the mean-over-seeds log curve
+    depth_u = np.unique(Lp)
+    ybar = np.array([y[Lp == d].mean() for d in depth_u])
+    local = tuple(
+        (
+            float(depth_u[i]),
+            float(depth_u[i + 1]),
+            float((ybar[i + 1] - ybar[i]) / (math.log(depth_u[i + 1]) - math.log(depth_u[i]))),
+        )
+        for i in range(depth_u.size - 1)
+    )
+
+    # curvature test
+    quad = [_quadratic(xs, ys) for _, xs, ys in per_seed if np.unique(xs).size >= 3]
+    c_floor = scale / half_range**2
+    curvature, c_ci, c_method, one = math.nan, (math.nan, math.nan), "none", None
+    if len(quad) >= 2:
+        cs = np.array([q[0] for q in quad])
+        curvature, c_ci, c_method = float(cs.mean()), _t_interval(cs, ci, c_floor), "t"
+    elif len(quad) == 1:
+        c, se, dof = quad[0]
+        curvature = c
+        if dof >= 1:
+            half = max(float(stats.t.ppf((1 + ci) / 2, dof)) * se, c_floor)
+            c_ci, c_method = (c - half, c + half), "ols"
+    if c_method != "none":
+        one = bool(c_ci[0] <= 0.0 <= c_ci[1])
+
     return RateFit(
         slope=slope,
         intercept=intercept,
         ci_low=lo,
         ci_high=hi,
         ci_level=ci,
-        n=int(valid.sum()),
+        ci_method=method,
+        n=int(x.size),
         n_seeds=S,
-        n_depths=int(L.shape[0]),
-        n_boot=n_boot,
+        n_depths=int(depth_u.size),
+        n_boot=used_boot,
         r2=r2,
+        seed_slopes=tuple(float(v) for v in b),
+        local_slopes=local,
+        curvature=curvature,
+        curvature_ci=(float(c_ci[0]), float(c_ci[1])),
+        curvature_method=c_method,
+        one_power_law=one,
     )
+
+
+def _missing(v: Any) -> bool:
+    return (
+        v is None
+        or (isinstance(v, float) and math.isnan(v))
+        or (isinstance(v, str) and v.strip() == "")
+    )
+
+
+def _flag(v: Any, name: str) -> bool | None:
+    """A boolean column as read from rows or CSV text; None when missing/empty."""
+    if _missing(v):
+        return None
+    if isinstance(v, bool | np.bool_):
+        return bool(v)
+    if isinstance(v, int | float | np.integer | np.floating):
+        return bool(v)
+    if isinstance(v, str):
+        s = v.strip().lower()
+        if s in ("true", "1", "yes"):
+            return True
+        if s in ("false", "0", "no"):
+            return False
+    raise ValueError(f"{name!r} must be a boolean (True/False), got {v!r}")
+
+
+def _status_ok(row: Mapping[str, Any]) -> bool:
+    """True unless the row has a ``status`` other than "ok" (missing or empty reads as ok)."""
+    status = row.get("status")
+    return _missing(status) or str(status).strip().lower() == "ok"
+
+
+def run_status(row: Mapping[str, Any], *, converged_only: bool = True) -> str:
+    """What a run's row is good for in a depth fit: "baseline" (depth ≤ 0: no logarithm),
+    "failed" (``status`` present and ≠ "ok"), "unconverged" (``converged`` False, only with
+    ``converged_only``) or "used". A missing ``status`` reads as "ok", a missing ``converged``
+    as converged."""
+    if "depth" not in row:
+        raise ValueError(f"row has no 'depth' column (columns: {sorted(row)})")
+    if float(_depth_key(row["depth"])) <= 0:
+        return "baseline"
+    if not _status_ok(row):
+        return "failed"
+    if converged_only and _flag(row.get("converged"), "converged") is False:
+        return "unconverged"
+    return "used"
+
+
+def _fmt_cells(cells: Sequence[tuple[Any, Any, float]]) -> str:
+    shown = ", ".join(f"L={d} s={s}: {v:.3g}" for d, s, v in cells[:4])
+    return shown + (f" … ({len(cells)} in all)" if len(cells) > 4 else "")
+
+
+def rate_table(
+    rows: Rows,
+    metrics: Sequence[str],
+    *,
+    converged_only: bool = True,
+    ci: float = 0.95,
+) -> list[dict[str, Any]]:
+    """The depth rate of each metric over the usable runs of a sweep (docs/THEORY.md §12).
+
+    rows: one mapping per run (or a CSV path) with "depth", "seed", the metric columns and
+    optionally "status" (only "ok" rows are usable; missing = ok) and "converged" (bool; missing =
+    converged). Rows at depth ≤ 0 (the no-block baseline, which has no logarithm), rows whose
+    status is not "ok", and with ``converged_only`` the rows with converged False, are left out;
+    the rest go to :func:`fit_rate` seed by seed (a seed missing some depths keeps the others).
+
+    Returns one JSON-able dict per metric with keys metric, slope, ci_low, ci_high, ci_level,
+    ci_method, seed_slopes, intercept, r2, local_slopes, curvature, curvature_ci,
+    curvature_method, one_power_law, n_seeds, n_depths, n_runs_used,
+    n_runs_excluded_unconverged, n_runs_excluded_failed and note: None when fitted, else why
+    not (non-positive values, fewer than two usable depths, "not converged: k of n runs"), with
+    the fit's fields NaN / empty / None.
+    """
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    metrics = list(metrics)
+    if not metrics:
+        raise ValueError("need at least one metric to fit")
+    table = load_rows(rows)
+    seen: set[tuple[Any, Any]] = set()
+    kinds: list[str] = []
+    for i, r in enumerate(table):
+        for key in ("depth", "seed"):
+            if key not in r:
+                raise ValueError(f"row {i} has no {key!r} column (columns: {sorted(r)})")
+        pair = (_depth_key(r["depth"]), str(r["seed"]))
+        if pair in seen:
+            raise ValueError(f"duplicate row for depth {pair[0]}, seed {r['seed']!r}")
+        seen.add(pair)
+        kinds.append(run_status(r, converged_only=converged_only))
+    n_runs = sum(k != "baseline" for k in kinds)
+    n_unconv = kinds.count("unconverged")
+    n_failed = kinds.count("failed")
+    used = [r for r, k in zip(table, kinds) if k == "used"]
+    not_conv = f"not converged: {n_unconv} of {n_runs} runs" if n_unconv else ""
+
+    out: list[dict[str, Any]] = []
+    for m in metrics:
+        if not any(m in r for r in table):
+            raise ValueError(
+                f"no row has a {m!r} column (columns: {sorted(table[0]) if table else []})"
+            )
+        entry: dict[str, Any] = {
+            "metric": m,
+            "slope": math.nan,
+            "ci_low": math.nan,
+            "ci_high": math.nan,
+            "ci_level": ci,
+            "ci_method": "none",
+            "seed_slopes": [],
+            "intercept": math.nan,
+            "r2": math.nan,
+            "local_slopes": [],
+            "curvature": math.nan,
+            "curvature_ci": [math.nan, math.nan],
+            "curvature_method": "none",
+            "one_power_law": None,
+            "n_seeds": 0,
+            "n_depths": 0,
+            "n_runs_used": 0,
+            "n_runs_excluded_unconverged": n_unconv,
+            "n_runs_excluded_failed": n_failed,
+            "note": None,
+        }
+        out.append(entry)
+        cells = [(_depth_key(r["depth"]), r["seed"], float(r.get(m, math.nan))) for r in used]
+        if not cells:
+            reasons = [not_conv] if not_conv else []
+            if n_failed:
+                reasons.append(f"failed: {n_failed} of {n_runs} runs")
+            entry["note"] = "; ".join(reasons) or "no runs at depth > 0"
+            continue
+        bad = [c for c in cells if not (math.isfinite(c[2]) and c[2] > 0)]
+        if bad:
+            entry["note"] = (
+                f"non-positive or non-finite values ({_fmt_cells(bad)}); log–log slope undefined"
+            )
+            continue
+        depths = sorted({d for d, _, _ in cells})
+        seeds = sorted({str(s) for _, s, _ in cells})
+        V = np.full((len(seeds), len(depths)), np.nan)
+        di = {d: j for j, d in enumerate(depths)}
+        si = {s: i for i, s in enumerate(seeds)}
+        for d, s, v in cells:
+            V[si[str(s)], di[d]] = v
+        try:
+            fit = fit_rate(depths, V, ci=ci, drop_invalid=True)
+        except ValueError:
+            detail = f"fewer than 2 usable depths in every seed (usable depths {depths})"
+            entry["note"] = f"{not_conv}; {detail}" if not_conv else detail
+            continue
+        d = fit.to_dict()
+        n_used = d.pop("n")
+        entry.update(d)
+        entry["n_runs_used"] = n_used
+    return out
+
+
+def _interval_text(e: Mapping[str, Any]) -> str:
+    level = 100 * float(e.get("ci_level", math.nan))
+    return (
+        f"{level:.0f}% {e['ci_method']} interval [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}] "
+        f"over {e['n_seeds']} seeds"
+    )
+
+
+def verdict(entry: Mapping[str, Any], expect: str, *, flat_tol: float = FLAT_TOL) -> dict[str, Any]:
+    """Read one :func:`rate_table` entry against what the preset expects (docs/THEORY.md §12).
+
+    - "decreasing": every per-seed slope < 0 and the interval excludes 0 (ci_high < 0);
+    - "increasing": every per-seed slope > 0 and ci_low > 0;
+    - "flat": the interval contains 0 and |slope| < flat_tol;
+    - "inconclusive" otherwise: not fitted (the entry's note, e.g. not converged), a single seed
+      (no interval), seeds disagreeing in sign although the interval excludes 0, or an interval
+      containing 0 with |slope| ≥ flat_tol.
+
+    Returns {"metric", "verdict", "expect", "agrees" (verdict == expect; None when
+    inconclusive), "reason"} with the numbers in the reason.
+    """
+    if expect not in EXPECTATIONS:
+        raise ValueError(f"expect must be one of {EXPECTATIONS}, got {expect!r}")
+    if not flat_tol > 0:
+        raise ValueError(f"flat_tol must be positive, got {flat_tol}")
+    metric = entry.get("metric", "?")
+
+    def result(v: str, reason: str) -> dict[str, Any]:
+        agrees = None if v == "inconclusive" else v == expect
+        return {
+            "metric": metric,
+            "verdict": v,
+            "expect": expect,
+            "agrees": agrees,
+            "reason": reason,
+        }
+
+    slope = float(entry.get("slope", math.nan))
+    if entry.get("note") or not math.isfinite(slope):
+        return result("inconclusive", f"not fitted: {entry.get('note') or 'no slope'}")
+    lo, hi = float(entry.get("ci_low", math.nan)), float(entry.get("ci_high", math.nan))
+    b = [float(v) for v in entry.get("seed_slopes", [])]
+    excluded = int(entry.get("n_runs_excluded_unconverged", 0) or 0)
+    tail = f"; {excluded} unconverged runs left out" if excluded else ""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or len(b) < 2:
+        return result("inconclusive", f"slope {slope:+.3f} from a single seed: no interval{tail}")
+    spread = f"per-seed slopes {min(b):+.3f} … {max(b):+.3f}"
+    where = f"slope {slope:+.3f}, {_interval_text(entry)}"
+    if hi < 0 or lo > 0:
+        sign, name = (-1, "decreasing") if hi < 0 else (1, "increasing")
+        if all(sign * v > 0 for v in b):
+            rel = "<" if sign < 0 else ">"
+            return result(
+                name, f"every per-seed slope {rel} 0 and the interval excludes 0: {where}{tail}"
+            )
+        return result(
+            "inconclusive",
+            f"seeds disagree in sign ({spread}) although the interval excludes 0: {where}{tail}",
+        )
+    if abs(slope) < flat_tol:
+        return result("flat", f"the interval contains 0 and |slope| < {flat_tol:g}: {where}{tail}")
+    return result(
+        "inconclusive",
+        f"the interval contains 0 but |slope| ≥ {flat_tol:g}: {where} ({spread}){tail}",
+    )
+
+
+def preset_verdict(
+    entries: Sequence[Mapping[str, Any]],
+    expect: str,
+    metrics: Sequence[str],
+    *,
+    flat_tol: float = FLAT_TOL,
+) -> dict[str, Any]:
+    """One verdict for a preset from the :func:`rate_table` entries of ``metrics``.
+
+    "agrees" when every metric's verdict equals ``expect``; "inconclusive" when any metric is
+    inconclusive (or has no entry); "disagrees" otherwise. Returns {"verdict", "expect",
+    "agrees" (bool, None when inconclusive), "metrics", "reason", "per_metric" (the
+    :func:`verdict` dicts in ``metrics`` order)}.
+    """
+    if expect not in EXPECTATIONS:
+        raise ValueError(f"expect must be one of {EXPECTATIONS}, got {expect!r}")
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not metrics:
+        raise ValueError("need at least one metric to judge the preset on")
+    by = {e.get("metric"): e for e in entries}
+    per: list[dict[str, Any]] = []
+    for m in metrics:
+        if m in by:
+            per.append(verdict(by[m], expect, flat_tol=flat_tol))
+        else:
+            per.append(
+                {
+                    "metric": m,
+                    "verdict": "inconclusive",
+                    "expect": expect,
+                    "agrees": None,
+                    "reason": "no rate for this metric",
+                }
+            )
+    unsure = [v["metric"] for v in per if v["agrees"] is None]
+    against = [f"{v['metric']} {v['verdict']}" for v in per if v["agrees"] is False]
+    if unsure:
+        overall, agrees = "inconclusive", None
+        reason = f"inconclusive: {', '.join(unsure)}"
+        if against:
+            reason += f"; against {expect}: {', '.join(against)}"
+    elif against:
+        overall, agrees = "disagrees", False
+        reason = f"expected {expect}; got {', '.join(against)}"
+    else:
+        overall, agrees = "agrees", True
+        reason = f"{', '.join(metrics)}: {expect}"
+    return {
+        "verdict": overall,
+        "expect": expect,
+        "agrees": agrees,
+        "metrics": metrics,
+        "reason": reason,
+        "per_metric": per,
+    }
 
 
 def _number(v: Any) -> Any:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from scipy import stats
 
 from reduction import fit_rate, plot_depth, summarize_by_depth
 
@@ -35,31 +36,49 @@ def test_fit_rate_exact_power_law():
     fit = fit_rate(DEPTHS, np.tile(V, (3, 1)))
     assert fit.slope == pytest.approx(-0.34, abs=1e-12)
     assert fit.prefactor == pytest.approx(2.5, rel=1e-12)
-    assert fit.ci_low == pytest.approx(-0.34, abs=1e-12) and fit.ci_high == pytest.approx(-0.34)
+    # identical seeds: the t interval collapses onto the slope (up to the round-off floor)
+    assert fit.ci_method == "t"
+    assert fit.ci_low == pytest.approx(-0.34, abs=1e-10) and fit.ci_high == pytest.approx(-0.34)
+    assert fit.ci_low <= -0.34 <= fit.ci_high
+    assert fit.seed_slopes == pytest.approx((-0.34,) * 3, abs=1e-12)
     assert fit.n == 18 and fit.n_seeds == 3 and fit.n_depths == 6 and fit.r2 == pytest.approx(1)
+    assert [s for _, _, s in fit.local_slopes] == pytest.approx([-0.34] * 5, abs=1e-12)
+    assert fit.one_power_law is True
 
 
 def test_fit_rate_noisy_recovers_slope_with_ci():
     V = power_law(slope=-0.5, seeds=8, noise=0.1)
-    fit = fit_rate(DEPTHS, V, n_boot=500)
+    fit = fit_rate(DEPTHS, V)
     assert fit.slope == pytest.approx(-0.5, abs=0.05)
     assert fit.ci_low < fit.slope < fit.ci_high
     assert fit.ci_low <= -0.5 <= fit.ci_high
-    # independent OLS on pooled logs
+    # every seed has every depth: the mean of the per-seed slopes is the pooled OLS slope
     x = np.tile(np.log(DEPTHS), 8)
     s_ref, a_ref = np.polyfit(x, np.log(V).ravel(), 1)
     assert fit.slope == pytest.approx(s_ref, rel=1e-12)
     assert fit.intercept == pytest.approx(a_ref, rel=1e-12)
-    # deterministic under the same seed, different under another
-    assert fit_rate(DEPTHS, V, n_boot=500) == fit
-    assert fit_rate(DEPTHS, V, n_boot=500, seed=1).ci_low != fit.ci_low
-    assert "slope" in str(fit)
+    # 8 seeds: Student-t interval on the per-seed slopes (independent reference)
+    b = np.array([np.polyfit(np.log(DEPTHS), np.log(v), 1)[0] for v in V])
+    half = stats.t.ppf(0.975, 7) * b.std(ddof=1) / math.sqrt(8)
+    assert fit.ci_method == "t" and fit.n_boot == 0
+    assert fit.seed_slopes == pytest.approx(tuple(b), rel=1e-12)
+    assert (fit.ci_low, fit.ci_high) == pytest.approx((b.mean() - half, b.mean() + half))
+    assert fit_rate(DEPTHS, V) == fit  # deterministic
+    assert "slope" in str(fit) and "t over 8 seeds" in str(fit)
+    # from 10 seeds on: percentile bootstrap over seeds, deterministic under its seed and
+    # different under another
+    W = power_law(slope=-0.5, seeds=12, noise=0.1, seed=3)
+    boot = fit_rate(DEPTHS, W, n_boot=500)
+    assert boot.ci_method == "bootstrap" and boot.n_boot == 500
+    assert boot.ci_low < boot.slope < boot.ci_high
+    assert fit_rate(DEPTHS, W, n_boot=500) == boot
+    assert fit_rate(DEPTHS, W, n_boot=500, seed=1).ci_low != boot.ci_low
 
 
 def test_fit_rate_single_seed_and_bad_values():
     fit = fit_rate(DEPTHS, 1.0 / DEPTHS)
     assert fit.slope == pytest.approx(-1.0)
-    assert math.isnan(fit.ci_low) and fit.n_seeds == 1
+    assert math.isnan(fit.ci_low) and fit.n_seeds == 1 and fit.ci_method == "none"
     V = power_law()
     V[1, 2] = 0.0
     V[3, 4] = np.nan
@@ -116,6 +135,7 @@ def test_plot_depth_panels_lines_and_png(tmp_path):
     mean_line = fig.axes[0].get_lines()[0]
     np.testing.assert_allclose(mean_line.get_ydata(), V.mean(axis=0))
     assert "slope -0.5" in fig.axes[0].get_lines()[1].get_label()
+    assert "(95% t)" in fig.axes[0].get_lines()[1].get_label()
     out = tmp_path / "depth.png"
     fig.savefig(out, dpi=60)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

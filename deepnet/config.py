@@ -1,0 +1,326 @@
+"""What defines a training run (:class:`RunConfig`) and what it produced (:class:`RunResult`).
+
+Every field is recorded in the run's config.json; :meth:`RunConfig.from_dict` reloads it, and the
+data subset is part of the config (``data_seed``), so a config reproduces its run exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .models import ARCHS
+
+LOSSES = ("ce", "mse")
+NORMS = ("post", "pre")
+BLOCK_FORMS = ("relu_of_linear", "linear_of_relu")
+READOUTS = ("cls", "last", "mean")
+LAM_SCHEDULES = ("constant", "inverse_depth")
+OPTIMIZERS = ("adam", "sgd", "lbfgs")
+WARMUP_OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("cosine", "constant")
+INITS = ("default", "continuation")
+DTYPES = ("auto", "float32", "float64")
+
+#: the choice-valued fields and their options (RunConfig validation and the CLI read this)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "arch": (),  # filled from the architecture registry at validation time
+    "norm": NORMS,
+    "block_form": BLOCK_FORMS,
+    "readout": READOUTS,
+    "loss": LOSSES,
+    "lam_schedule": LAM_SCHEDULES,
+    "optimizer": OPTIMIZERS,
+    "warmup_optimizer": WARMUP_OPTIMIZERS,
+    "lr_schedule": LR_SCHEDULES,
+    "init": INITS,
+    "dtype": DTYPES,
+}
+
+#: fields that may differ between a checkpointed run and its resumption (they do not change the
+#: trajectory): where it runs, how often it reports, and where a continuation came from
+RESUME_FREE = ("device", "checkpoint_every", "eval_every", "num_threads", "init_from")
+#: fields that must agree between a continuation run and the shallower run it starts from
+CONTINUATION_SAME = (
+    "arch",
+    "width",
+    "norm",
+    "ln_affine",
+    "block_form",
+    "heads",
+    "readout",
+    "patch_size",
+    "dataset",
+    "n_per_class",
+    "test_per_class",
+    "data_root",
+    "data_options",
+    "loss",
+    "bias",
+    "decay_embedding",
+)
+
+
+def arch_choices() -> tuple[str, ...]:
+    return tuple(ARCHS)
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one training run (recorded in config.json).
+
+    Model: ``arch`` (see :data:`deepnet.models.ARCHS`), ``depth`` L ≥ 0 (0 = no blocks: embedding
+    → LN → classifier), ``width`` d, LN placement ``norm``, ``ln_affine``, ``block_form`` (L-RN1
+    only), ``heads``, ``readout`` and ``patch_size`` (transformers; None = the largest divisor of
+    the input size that is ≤ 7).
+
+    Data: ``dataset``, ``n_per_class`` training samples per class (None = all), up to
+    ``test_per_class`` test samples per class (fewer where a class has fewer), ``data_seed`` picks
+    the subset (None = ``seed``).
+
+    Objective (THEORY §2): J_L = (1/N)Σℓ + (λ/2)Σ‖W‖²_F over the decayed list, λ = ``lam``
+    (constant) or lam/max(L, 1) (``inverse_depth``).
+
+    Optimisation (THEORY §9): ``optimizer`` adam / sgd (``lr``, ``lr_schedule``, ``momentum``,
+    ``batch_size``; ``epochs`` passes over the data) or lbfgs (full batch, float64, strong-Wolfe
+    line search, ``lbfgs_history`` pairs; ``epochs`` = iterations; the first ``warmup_epochs`` of
+    them are full-batch ``warmup_optimizer`` steps at a constant ``lr``). ``init``: "default"
+    (random) or "continuation" from the finished shallower run in ``init_from``, with the new
+    blocks started near the identity (``pad_scale``).
+
+    Convergence (THEORY §9): ``converged`` needs the float64 gradient norm ≤ ``grad_tol`` and the
+    relative decrease of J over the last ``conv_window`` of the budget, taken at full step size,
+    ≤ ``rel_tol``.
+    """
+
+    arch: str = "rn1"
+    depth: int = 2
+    width: int = 64
+    norm: str = "post"
+    ln_affine: bool = False
+    block_form: str = "relu_of_linear"
+    heads: int = 1
+    readout: str = "cls"
+    patch_size: int | None = None
+    dataset: str = "mnist"
+    n_per_class: int | None = 100
+    test_per_class: int | None = 100
+    data_root: str | None = None
+    data_options: dict = field(default_factory=dict)
+    data_seed: int | None = None
+    loss: str = "ce"
+    lam: float = 0.005
+    lam_schedule: str = "constant"
+    decay_embedding: bool = False
+    bias: bool = False
+    optimizer: str = "adam"
+    lr: float = 3e-4
+    lr_schedule: str = "cosine"
+    momentum: float = 0.9
+    epochs: int = 3000
+    batch_size: int | None = None
+    warmup_epochs: int = 0
+    warmup_optimizer: str = "adam"
+    lbfgs_history: int = 50
+    init: str = "default"
+    init_from: str | None = None
+    pad_scale: float = 0.01
+    grad_tol: float = 0.02
+    rel_tol: float = 1e-3
+    conv_window: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    checkpoint_every: int = 500
+    eval_every: int = 50
+    # torch CPU threads during the run (restored after); None leaves torch's setting. On a shared
+    # machine 1 thread per run avoids oversubscription, which slows small matmuls 10-40x.
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        for name, options in CHOICES.items():
+            options = options or arch_choices()
+            if getattr(self, name) not in options:
+                raise ValueError(f"{name} must be one of {options}, got {getattr(self, name)!r}")
+        if self.block_form != "relu_of_linear" and self.arch != "rn1":
+            raise ValueError("block_form applies to one-layer ResNet blocks (arch='rn1') only")
+        if self.depth < 0:
+            raise ValueError(f"depth must be >= 0 (0 = no blocks), got {self.depth}")
+        for name in ("width", "heads", "epochs", "checkpoint_every", "eval_every", "lbfgs_history"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.width % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide width ({self.width})")
+        for name in ("n_per_class", "test_per_class", "batch_size", "num_threads", "patch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be None or >= 1, got {value}")
+        if self.data_seed is not None and self.data_seed < 0:
+            raise ValueError(f"data_seed must be None or >= 0, got {self.data_seed}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        for name in ("lam", "pad_scale", "grad_tol", "rel_tol"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be finite and > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 < self.conv_window <= 1:
+            raise ValueError(f"conv_window must be a fraction in (0, 1], got {self.conv_window}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
+        if self.optimizer == "lbfgs":
+            if self.batch_size is not None:
+                raise ValueError(
+                    "L-BFGS is full-batch (its line search needs the exact objective): "
+                    f"use batch_size=None, got {self.batch_size}"
+                )
+            if self.dtype == "float32":
+                raise ValueError(
+                    "L-BFGS runs in float64 (its line search and the stationarity test need it): "
+                    "use dtype='auto' or 'float64'"
+                )
+            if not 0 <= self.warmup_epochs < self.epochs:
+                raise ValueError(
+                    f"warmup_epochs must be in [0, epochs) = [0, {self.epochs}), "
+                    f"got {self.warmup_epochs}"
+                )
+        elif self.warmup_epochs:
+            raise ValueError("warmup_epochs applies to optimizer='lbfgs' only")
+        if self.init == "continuation" and self.depth == 0:
+            raise ValueError("depth 0 has no shallower run to continue from: use init='default'")
+        if self.init == "default" and self.init_from is not None:
+            raise ValueError("init_from is only used with init='continuation'")
+
+    @property
+    def effective_lam(self) -> float:
+        """λ actually used: λ (constant) or λ/max(L, 1) (inverse_depth; depth 0 uses λ)."""
+        if self.lam_schedule == "inverse_depth":
+            return self.lam / max(self.depth, 1)
+        return self.lam
+
+    @property
+    def torch_dtype_name(self) -> str:
+        """float64 for L-BFGS, float32 for first-order runs, unless ``dtype`` says otherwise."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "float64" if self.optimizer == "lbfgs" else "float32"
+
+    @property
+    def subset_seed(self) -> int:
+        """The seed of the data subset: ``data_seed`` when set, else ``seed``."""
+        return self.seed if self.data_seed is None else self.data_seed
+
+    @property
+    def schedule_free(self) -> bool:
+        """True when no step depends on the total budget (L-BFGS, or a constant lr): the run
+        with a larger ``epochs`` is then this run continued, so a finished run may be extended."""
+        return self.optimizer == "lbfgs" or self.lr_schedule == "constant"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown RunConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+def _check_types(cfg: Any) -> None:
+    """Reject values of the wrong type (1.5 epochs, lr="0.1", True as a width) with one line;
+    ints are accepted (and converted) where a float is expected."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        kind = str(f.type).replace(" ", "")
+        optional = kind.endswith("|None")
+        base = kind.removesuffix("|None")
+        if value is None:
+            if optional:
+                continue
+            raise ValueError(f"{f.name} must not be None")
+        if isinstance(value, np.generic):
+            value = value.item()
+            setattr(cfg, f.name, value)
+        if base == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            expected = "an integer"
+        elif base == "float":
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            expected = "a number"
+            if ok:
+                setattr(cfg, f.name, float(value))
+        elif base == "bool":
+            ok, expected = isinstance(value, bool), "true or false"
+        elif base == "str":
+            ok, expected = isinstance(value, str), "a string"
+        elif base == "dict":
+            ok, expected = isinstance(value, dict), "a dict"
+        else:  # pragma: no cover - a new field type must be added here
+            raise TypeError(f"RunConfig field {f.name} has an unchecked type {f.type}")
+        if not ok:
+            raise ValueError(
+                f"{f.name} must be {expected}{' or None' if optional else ''}, "
+                f"got {value!r} ({type(value).__name__})"
+            )
+
+
+@dataclass
+class RunResult:
+    """Outcome of :func:`deepnet.train`; ``to_dict()`` (metrics.json) omits the arrays.
+
+    ``stationarity`` (THEORY §9): ``grad_norm`` (float64 ‖∇J‖₂ over every trained parameter at
+    the final point, and its split), ``rel_change`` (relative decrease of J over the final window,
+    NaN when the step size was annealed there), the tolerances, ``converged`` and the ``reasons``
+    it failed. ``profile``: per-layer NC1/NC3, block norms and displacements (THEORY §10).
+    """
+
+    config: RunConfig
+    objective: float
+    fit: float
+    classifier_penalty: float
+    body_penalty: float
+    embedding_penalty: float
+    train_acc: float
+    test_acc: float | None
+    features: np.ndarray
+    labels: np.ndarray
+    W: np.ndarray
+    b: np.ndarray | None
+    history: list[dict[str, Any]]
+    decayed: list[str]
+    stationarity: dict[str, Any]
+    wall_time_s: float
+    device: str
+    num_params: int
+    epochs_done: int = 0
+    completed: bool = True
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def penalty(self) -> float:
+        return self.classifier_penalty + self.body_penalty + self.embedding_penalty
+
+    @property
+    def converged(self) -> bool:
+        return bool(self.stationarity.get("converged", False))
+
+    def to_dict(self) -> dict[str, Any]:
+        skip = {"features", "labels", "W", "b", "config"}
+        out: dict[str, Any] = {
+            "config": self.config.to_dict(),
+            "effective_lam": self.config.effective_lam,
+        }
+        for f in dataclasses.fields(self):
+            if f.name not in skip:
+                out[f.name] = getattr(self, f.name)
+        return out

@@ -1,0 +1,170 @@
+"""Files of a run: atomic writes, checkpoints, provenance, and reading a finished run back.
+
+Every file is written to a temporary name in the same folder and renamed over the target, so a
+kill never leaves a partial file; files get the permissions the umask gives a new file (0644
+under the usual umask 022), not mkstemp's private 0600.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import RunConfig, RunResult
+
+
+@functools.cache
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write a temporary file in the same folder, then os.replace: never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, _file_mode())
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def json_default(obj: Any) -> Any:
+    """JSON for numpy scalars/arrays and paths (everything else is an error)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, default=json_default, allow_nan=True)
+    atomic_write(path, lambda fh: fh.write(text), mode="w")
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda fh: torch.save(state, fh))
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, not a checkpoint)."""
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (tensors, numbers, strings, lists, dicts:
+    nothing executable). A file that cannot be read raises :class:`CorruptCheckpointError`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle errors, ...: all mean "not usable"
+        raise CorruptCheckpointError(f"{path} is not a readable checkpoint ({err})") from err
+    if not isinstance(state, dict) or not {"config", "epoch", "model"} <= set(state):
+        raise CorruptCheckpointError(f"{path} is not a deepnet checkpoint")
+    return state
+
+
+def rng_state(gen: torch.Generator) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "perm": gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["perm"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@functools.cache
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit + ("-dirty" if dirty.stdout.strip() else "") if commit else None
+
+
+def provenance(device: torch.device, config: RunConfig) -> dict[str, Any]:
+    """What produced a run: package, git commit (when installed from a checkout), torch, numpy,
+    Python, the device, and the seed of the data subset."""
+    from . import __version__
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+    return {
+        "deepcollapse": __version__,
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "device_name": name,
+        "data_seed": config.subset_seed,
+    }
+
+
+def load_result(run_dir: str | os.PathLike) -> RunResult:
+    """Read a finished run (config.json, metrics.json, features.npz) back into a RunResult."""
+    path = Path(run_dir)
+    missing = [
+        n for n in ("config.json", "metrics.json", "features.npz") if not (path / n).exists()
+    ]
+    if missing:
+        raise FileNotFoundError(f"{path} holds no finished run (missing {', '.join(missing)})")
+    metrics = json.loads((path / "metrics.json").read_text())
+    config = RunConfig.from_dict(json.loads((path / "config.json").read_text()))
+    with np.load(path / "features.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    names = {f.name for f in dataclasses.fields(RunResult)}
+    kwargs = {k: v for k, v in metrics.items() if k in names and k != "config"}
+    return RunResult(
+        config=config,
+        features=arrays["features"],
+        labels=arrays["labels"],
+        W=arrays["W"],
+        b=arrays.get("b"),
+        **kwargs,
+    )

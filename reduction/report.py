@@ -1,0 +1,247 @@
+"""Aggregate a sweep folder: results table, sandwich and monotone certificate, summary, rates,
+verdict and figure (THEORY §10, §12). Everything is rebuilt from the run folders, so a partial or
+finished sweep can be re-reported at any time (``python -m reduction report OUT``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from deepnet.io import atomic_write, json_default, write_json
+from reduction.plots import plot_depth
+from reduction.presets import Preset
+from reduction.rates import preset_verdict, rate_table, summarize_by_depth
+
+#: metrics aggregated per depth (mean ± std over seeds)
+SUMMARY_METRICS: tuple[str, ...] = (
+    "nc1",
+    "nc1_papyan",
+    "cdnv",
+    "nc2",
+    "nc2_means",
+    "nc2_ufm",
+    "nc3",
+    "nc3_papyan",
+    "nc3_ufm",
+    "nc4",
+    "objective",
+    "j_upper",
+    "objective_gap",
+    "objective_rel_gap",
+    "objective_gap_per_lam",
+    "classifier_gap",
+    "classifier_rel_gap",
+    "body_penalty",
+    "grad_norm",
+    "train_acc",
+    "test_acc",
+)
+#: metrics whose log–log slope is fitted (strictly positive quantities that should shrink)
+RATE_METRICS: tuple[str, ...] = (
+    "nc1",
+    "nc2",
+    "nc2_ufm",
+    "nc3",
+    "nc3_ufm",
+    "objective_gap",
+    "objective_rel_gap",
+    "classifier_gap",
+)
+#: J_L may exceed the best shallower J_{L'} by this relative amount (float rounding) before the
+#: monotone certificate flags the run as "not at the optimum" (THEORY §10)
+MONOTONE_TOL = 1e-6
+
+
+def read_rows(out: Path) -> list[dict[str, Any]]:
+    """Every finished unit's row under OUT/runs, one per (depth, seed), sorted."""
+    from reduction.sweep import read_row
+
+    rows = [r for r in (read_row(d) for d in sorted((Path(out) / "runs").glob("L*-s*"))) if r]
+    return sorted(rows, key=lambda r: (r["depth"], r["seed"]))
+
+
+def _ok(row: Mapping[str, Any]) -> bool:
+    return row.get("status", "ok") == "ok"
+
+
+def monotone_certificate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add the sandwich and monotone columns to ``rows`` (in place) and summarise violations.
+
+    Zero blocks are the identity, so J_L* ≤ J_{L'}* ≤ J_{L'}(run) for L' ≤ L (THEORY §10), and
+    per seed: j_upper(L) = min_{L' ≤ L} J_{L'}(run) ≥ J_L* ≥ UFM*. A run with
+    J_L(run) > min_{L' < L} J_{L'}(run) (1 + MONOTONE_TOL) is provably not at the optimum.
+    """
+    violations = []
+    for seed in sorted({r["seed"] for r in rows}):
+        best: float = math.inf
+        best_depth = None
+        for r in sorted((r for r in rows if r["seed"] == seed), key=lambda r: r["depth"]):
+            if not _ok(r):
+                continue
+            J = float(r["objective"])
+            excess = (J - best) / abs(best) if math.isfinite(best) else 0.0
+            r["monotone_excess"] = excess
+            r["monotone_ok"] = bool(excess <= MONOTONE_TOL)
+            if not r["monotone_ok"]:
+                violations.append(
+                    {
+                        "seed": seed,
+                        "depth": r["depth"],
+                        "objective": J,
+                        "shallower_depth": best_depth,
+                        "shallower_objective": best,
+                        "rel_excess": excess,
+                    }
+                )
+            if J < best:
+                best, best_depth = J, r["depth"]
+            r["j_upper"] = best
+            r["sandwich_gap"] = best - float(r["ufm_value"])
+    return {"tolerance": MONOTONE_TOL, "violations": violations, "ok": not violations}
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()), mode="w")
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, default=json_default)
+    if value is None:
+        return ""
+    return value
+
+
+def table_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows without the nested config and traceback (the CSV's columns)."""
+    return [{k: v for k, v in r.items() if k not in ("config", "traceback")} for r in rows]
+
+
+def _load_preset(out: Path) -> Preset:
+    spec = json.loads((out / "sweep.json").read_text())
+    p = spec["preset"]
+    return Preset(
+        **{
+            **p,
+            "depths": tuple(p["depths"]),
+            "seeds": tuple(p["seeds"]),
+            "metrics": tuple(p["metrics"]),
+            "verdict_metrics": tuple(p.get("verdict_metrics", Preset.verdict_metrics)),
+        }
+    )
+
+
+def report(
+    out_dir: str | os.PathLike[str],
+    *,
+    preset: Preset | None = None,
+    budget_checks: Sequence[Mapping[str, Any]] | None = None,
+    tables_only: bool = False,
+) -> Any:
+    """Rebuild results.csv from the run folders; unless ``tables_only``, also the summary
+    (mean ± std per depth over the runs that finished), the rates (converged runs at depths > 0
+    only, t-intervals over seeds, fit quality), the verdict against the preset's expectation,
+    the monotone certificate, summary.json and the figure (PNG and PDF)."""
+    from reduction.sweep import SweepResult
+
+    out = Path(out_dir)
+    if preset is None:
+        if not (out / "sweep.json").exists():
+            raise ValueError(f"{out} is not a sweep folder (no sweep.json)")
+        preset = _load_preset(out)
+    rows = read_rows(out)
+    monotone = monotone_certificate(rows)
+    paths = {
+        "results": out / "results.csv",
+        "summary": out / "summary.csv",
+        "rates": out / "rates.csv",
+        "json": out / "summary.json",
+        "png": out / "figure.png",
+        "pdf": out / "figure.pdf",
+    }
+    _write_csv(paths["results"], table_rows(rows))
+    ok = [r for r in rows if _ok(r)]
+    if tables_only:
+        return None
+    if not ok:
+        raise ValueError(f"no finished runs under {out / 'runs'}")
+    if budget_checks is None:
+        old = paths["json"]
+        budget_checks = json.loads(old.read_text()).get("budget_checks", []) if old.exists() else []
+    metrics = [m for m in SUMMARY_METRICS if m in ok[0]]
+    summary = summarize_by_depth(ok, metrics)
+    for s in summary:
+        group = [r for r in ok if r["depth"] == s["depth"]]
+        s["n_converged"] = sum(bool(r.get("converged")) for r in group)
+    rates = rate_table(ok, [m for m in RATE_METRICS if m in ok[0]], converged_only=True)
+    verdict = preset_verdict(rates, preset.expect, list(preset.verdict_metrics))
+    _write_csv(paths["summary"], summary)
+    _write_csv(paths["rates"], rates)
+    converged = sum(bool(r.get("converged")) for r in ok)
+    write_json(
+        paths["json"],
+        {
+            "preset": asdict(preset),
+            "expect": preset.expect,
+            "n_runs": len(rows),
+            "n_ok": len(ok),
+            "n_converged": converged,
+            "failed": [
+                {k: r.get(k) for k in ("depth", "seed", "status", "error")}
+                for r in rows
+                if not _ok(r)
+            ],
+            "monotone": monotone,
+            "verdict": verdict,
+            "summary": summary,
+            "rates": rates,
+            "budget_checks": list(budget_checks),
+            "budget_ok": all(c.get("ok") for c in budget_checks) if budget_checks else None,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+    fig_metrics = tuple(m for m in preset.metrics if m in ok[0])
+    if any(r["depth"] > 0 for r in ok):
+        fig = plot_depth(table_rows(ok), metrics=fig_metrics, title=_title(preset, ok))
+        for key in ("png", "pdf"):  # plot_depth's Figure holds no pyplot state: nothing to close
+            atomic_write(
+                paths[key],
+                lambda fh, fmt=key: fig.savefig(fh, format=fmt, dpi=150, bbox_inches="tight"),
+            )
+    return SweepResult(
+        out_dir=out,
+        preset=preset,
+        rows=list(rows),
+        summary=summary,
+        rates=rates,
+        budget_checks=list(budget_checks),
+        monotone=monotone,
+        verdict=verdict,
+        paths=paths,
+    )
+
+
+def _title(preset: Preset, rows: Sequence[Mapping[str, Any]]) -> str:
+    r = rows[0]
+    lam = f"λ={r['lam']:g}" + ("/L" if r.get("lam_schedule") == "inverse_depth" else "")
+    seeds = len({x["seed"] for x in rows})
+    return f"{preset.name}: {r['arch']} ({r['norm']}-LN) on {r['dataset']}, {lam}, {seeds} seeds"

@@ -1,0 +1,292 @@
+"""Converged training (THEORY §9–§10): L-BFGS, the stationarity record, depth 0, continuation."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from deepnet import (
+    RunConfig,
+    TrainingDivergedError,
+    build_model,
+    evaluate,
+    gradient_norms,
+    load_result,
+    train,
+)
+from deepnet.data import Dataset
+from deepnet.layers import half_sq_norm
+from deepnet.objective import data_term
+
+torch.set_num_threads(1)
+K = 3
+
+
+def _data(kind: str = "vector", n_per_class: int = 10, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(K), n_per_class)
+    if kind == "text":
+        x = rng.integers(2, 12, size=(len(y), 6)).astype(np.int64)
+        x[:, 0] = 20 + y
+        return Dataset(
+            "syn",
+            "text",
+            x,
+            y,
+            x[:6],
+            y[:6],
+            K,
+            list("abc"),
+            vocab=[str(i) for i in range(23)],
+            info={"max_len": 6},
+        )
+    means = rng.normal(size=(K, 16))
+    x = means[y] + 0.8 * rng.normal(size=(len(y), 16))
+    x = x.reshape(-1, 1, 4, 4) if kind == "image" else x
+    return Dataset("syn", kind, x, y, x[:6], y[:6], K, list("abc"))
+
+
+def _cfg(**kw) -> RunConfig:
+    base = dict(
+        arch="rn1",
+        depth=2,
+        width=8,
+        optimizer="lbfgs",
+        epochs=40,
+        eval_every=10,
+        checkpoint_every=10,
+        patch_size=4,
+        device="cpu",
+        lam=0.01,
+    )
+    base.update(kw)
+    return RunConfig(**base)
+
+
+# ------------------------------------------------------------------------------------- L-BFGS
+
+
+def test_lbfgs_lowers_the_objective_and_beats_adam_at_equal_steps():
+    data = _data()
+    res = train(_cfg(epochs=60), data=data, progress=False)
+    js = [h["objective"] for h in res.history]
+    assert js[-1] < 0.5 * js[0]
+    # strong-Wolfe line search: J never rises between evaluations
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(js))
+    adam = train(_cfg(epochs=60, optimizer="adam", lr=1e-2), data=data, progress=False)
+    assert res.objective < adam.objective
+    assert res.features.dtype == np.float64 and res.stationarity["full_step"]
+
+
+def test_warmup_then_lbfgs_history_phases():
+    res = train(_cfg(epochs=30, warmup_epochs=10, lr=1e-2), data=_data(), progress=False)
+    phases = {h["epoch"]: h["phase"] for h in res.history}
+    assert phases[10] == "first-order" and phases[20] == "lbfgs"
+    assert res.history[1]["lr"] == 1e-2 and res.history[-1]["lr"] is None
+
+
+@pytest.mark.parametrize("warmup", [0, 7])
+def test_lbfgs_resume_is_bitwise_identical(tmp_path, warmup):
+    data = _data()
+    cfg = _cfg(epochs=37, checkpoint_every=9, warmup_epochs=warmup, lr=1e-2)
+    ref = train(cfg, data=data, progress=False)
+    part = train(cfg, data=data, run_dir=tmp_path, progress=False, max_epochs_this_call=13)
+    assert not part.completed and part.epochs_done == 13
+    # a second interruption at an odd place, then the rest
+    train(cfg, data=data, run_dir=tmp_path, progress=False, max_epochs_this_call=5)
+    done = train(cfg, data=data, run_dir=tmp_path, progress=False)
+    assert done.objective == ref.objective  # bitwise
+    np.testing.assert_array_equal(done.features, ref.features)
+    np.testing.assert_array_equal(done.W, ref.W)
+    assert done.history == ref.history
+    assert done.stationarity == ref.stationarity
+
+
+def test_larger_budget_continues_a_schedule_free_run(tmp_path):
+    """A run resumed with twice the epochs is exactly the run trained with twice the epochs."""
+    data = _data()
+    train(_cfg(epochs=20), data=data, run_dir=tmp_path, progress=False)
+    longer = train(_cfg(epochs=40), data=data, run_dir=tmp_path, progress=False)
+    ref = train(_cfg(epochs=40), data=data, progress=False)
+    assert longer.objective == ref.objective
+    np.testing.assert_array_equal(longer.W, ref.W)
+    # a smaller budget than what is done cannot be honoured
+    with pytest.raises(ValueError, match="already trained"):
+        train(_cfg(epochs=10), data=data, run_dir=tmp_path, progress=False)
+    # cosine-scheduled runs depend on the total: their budget cannot be extended this way
+    cos = tmp_path / "cos"
+    train(_cfg(optimizer="adam", epochs=10), data=data, run_dir=cos, progress=False)
+    with pytest.raises(ValueError, match="different config"):
+        train(_cfg(optimizer="adam", epochs=20), data=data, run_dir=cos, progress=False)
+
+
+def test_nan_guard_with_lbfgs(tmp_path):
+    data = _data()
+    x = np.array(data.x_train, dtype=np.float64)
+    x[0, 0] = np.inf
+    bad = Dataset("syn", "vector", x, data.y_train, None, None, K, list("abc"))
+    with pytest.raises(TrainingDivergedError, match="no checkpoint had been written yet"):
+        train(_cfg(), data=bad, run_dir=tmp_path, progress=False)
+
+
+# ---------------------------------------------------------------------------- stationarity
+
+
+def _objective64(model, x, y, lam, loss="ce") -> float:
+    with torch.no_grad():
+        J = data_term(model(x), y, loss) + lam * half_sq_norm(
+            [p for _, p in model.decayed_parameters()]
+        )
+    return float(J)
+
+
+@pytest.mark.parametrize("arch", ["rn1", "t12"])
+def test_grad_norm_matches_finite_differences(arch):
+    """‖∇J‖ equals the directional derivative of J along ∇J/‖∇J‖ (central differences, float64)."""
+    data = _data("image" if arch == "t12" else "vector")
+    cfg = _cfg(arch=arch, patch_size=2)
+    torch.manual_seed(0)
+    model = build_model(cfg, data).double()
+    x = torch.as_tensor(np.asarray(data.x_train), dtype=torch.float64)
+    y = torch.as_tensor(data.y_train)
+    g = gradient_norms(model, x, y, cfg.lam, "ce")
+    model.zero_grad()
+    J = data_term(model(x), y, "ce") + cfg.lam * half_sq_norm(
+        [p for _, p in model.decayed_parameters()]
+    )
+    J.backward()
+    direction = [p.grad.clone() for p in model.parameters()]
+    norm = math.sqrt(sum(float(d.square().sum()) for d in direction))
+    assert g["grad_norm"] == pytest.approx(norm, rel=1e-10)
+    parts = (
+        g["grad_norm_embedding"] ** 2 + g["grad_norm_body"] ** 2 + g["grad_norm_classifier"] ** 2
+    )
+    assert math.sqrt(parts) == pytest.approx(g["grad_norm"], rel=1e-12)
+    eps = 1e-6
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            for p, d in zip(model.parameters(), direction):
+                p.add_(sign * eps * d / norm)
+        values.append(_objective64(model, x, y, cfg.lam))
+        with torch.no_grad():
+            for p, d in zip(model.parameters(), direction):
+                p.sub_(sign * eps * d / norm)
+    fd = (values[0] - values[1]) / (2 * eps)
+    assert fd == pytest.approx(g["grad_norm"], rel=1e-6)
+
+
+def test_converged_flag_follows_its_criteria():
+    data = _data()
+    res = train(_cfg(epochs=200, grad_tol=1.0, rel_tol=1.0), data=data, progress=False)
+    assert res.converged and res.stationarity["reasons"] == []
+    strict = train(_cfg(epochs=200, grad_tol=1e-12, rel_tol=1.0), data=data, progress=False)
+    assert not strict.converged
+    assert any("gradient norm" in r for r in strict.stationarity["reasons"])
+    short = train(_cfg(epochs=5, grad_tol=10.0, rel_tol=1e-9), data=data, progress=False)
+    assert not short.converged and any("J moved" in r for r in short.stationarity["reasons"])
+
+
+# ------------------------------------------------------------------------------------ depth 0
+
+
+@pytest.mark.parametrize(
+    ("arch", "kind", "norm", "readout"),
+    [
+        ("rn1", "vector", "post", "cls"),
+        ("rn2", "image", "pre", "cls"),
+        ("t11", "image", "post", "cls"),
+        ("t12", "text", "pre", "mean"),
+        ("t11", "text", "post", "last"),
+    ],
+)
+def test_depth_zero_is_embedding_ln_classifier(arch, kind, norm, readout):
+    data = _data(kind)
+    cfg = _cfg(arch=arch, depth=0, norm=norm, readout=readout, patch_size=2, epochs=10)
+    res = train(cfg, data=data, progress=False)
+    assert res.body_penalty == 0.0 and res.completed
+    assert res.decayed == ["classifier.linear.weight"]
+    model = build_model(cfg, data)
+    assert len(model.blocks) == 0
+    h = torch.as_tensor(res.features)
+    assert h.mean(1).abs().max() < 1e-9
+    ratio = h.norm(dim=1) / math.sqrt(cfg.width)  # LN's ε shrinks the norm by ~ε/var
+    assert (ratio <= 1 + 1e-9).all() and (ratio > 0.99).all()
+    if readout == "cls":  # without blocks the CLS token never sees the input
+        assert torch.allclose(h, h[:1].expand_as(h)) == arch.startswith("t")
+
+
+# ------------------------------------------------------------------------------ continuation
+
+
+def _features(run_dir, cfg, data):
+    model = build_model(cfg, data).double()
+    model.load_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"])
+    x = (
+        torch.as_tensor(np.asarray(data.x_train), dtype=torch.float64)
+        if data.kind != "text"
+        else torch.as_tensor(data.x_train)
+    )
+    return evaluate(model, x, torch.as_tensor(data.y_train), cfg.effective_lam, "ce")
+
+
+@pytest.mark.parametrize(
+    ("arch", "kind", "extra", "exact"),
+    [
+        ("rn1", "vector", {"block_form": "linear_of_relu"}, True),
+        ("rn2", "vector", {}, True),
+        ("t12", "image", {"patch_size": 2}, True),
+        ("rn1", "vector", {"pad_scale": 0.0}, True),
+        ("rn1", "vector", {}, False),
+        ("t11", "text", {"norm": "pre", "readout": "last"}, False),
+    ],
+)
+def test_continuation_starts_from_the_shallower_run(tmp_path, arch, kind, extra, exact):
+    """Depth L starts from the finished depth-L' run: identical features (to LN's ε) where the
+    padded blocks end in a zero map, within O(pad_scale) otherwise; J then only falls."""
+    data = _data(kind)
+    shallow = _cfg(arch=arch, depth=1, epochs=30, **extra)
+    src = tmp_path / "L1"
+    first = train(shallow, data=data, run_dir=src, progress=False)
+    deep = _cfg(arch=arch, depth=3, epochs=0 + 30, init="continuation", init_from=str(src), **extra)
+    part = train(deep, data=data, run_dir=tmp_path / "L3", progress=False, max_epochs_this_call=0)
+    start = part.history[0]
+    h0 = torch.as_tensor(part.features)
+    h1 = torch.as_tensor(first.features)
+    scale = (h1 - h0).norm() / h1.norm()
+    if exact:
+        assert scale < 1e-5  # LN's ε = 1e-5 per norm layer, not more
+        assert start["fit"] == pytest.approx(first.fit, rel=1e-4)  # LN's ε: LN(h) ≠ h exactly
+    else:
+        assert 0 < scale < 0.05
+    done = train(deep, data=data, run_dir=tmp_path / "L3", progress=False)
+    assert done.objective <= first.objective * (1 + 1e-3)
+    cfg_back = json.loads((tmp_path / "L3" / "config.json").read_text())
+    assert cfg_back["init"] == "continuation" and cfg_back["init_from"] == str(src)
+
+
+def test_continuation_errors(tmp_path):
+    data = _data()
+    with pytest.raises(ValueError, match="needs a finished shallower run"):
+        train(
+            _cfg(depth=2, init="continuation", init_from=str(tmp_path / "nope")),
+            data=data,
+            progress=False,
+        )
+    src = tmp_path / "L2"
+    train(_cfg(depth=2, epochs=5), data=data, run_dir=src, progress=False)
+    with pytest.raises(ValueError, match="shallower"):
+        train(_cfg(depth=2, init="continuation", init_from=str(src)), data=data, progress=False)
+    with pytest.raises(ValueError, match="another model or data"):
+        train(
+            _cfg(depth=3, width=12, init="continuation", init_from=str(src)),
+            data=data,
+            progress=False,
+        )
+    back = load_result(src)
+    assert back.config.depth == 2 and back.stationarity["window"] == 1

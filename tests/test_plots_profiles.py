@@ -1,0 +1,138 @@
+"""Tests of reduction.plots beyond the basic depth figure: the depth-0 baseline, unconverged and
+failed runs in plot_depth, plot_layer_profile (progressive collapse) and plot_history."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from reduction.plots import BASELINE_LABEL, plot_depth, plot_history, plot_layer_profile
+from reduction.rates import rate_table
+
+DEPTHS = [2, 4, 8, 16]
+
+
+def depth_rows():
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(3):
+        b = -0.5 + 0.03 * rng.normal()
+        for d in DEPTHS:
+            rows.append({"depth": d, "seed": s, "nc1": 2.0 * d**b, "converged": True})
+        rows.append({"depth": 0, "seed": s, "nc1": 3.0 + s, "converged": True})  # baseline
+    rows.append({"depth": 32, "seed": 0, "nc1": 5.0, "converged": False})  # not converged
+    rows.append({"depth": 32, "seed": 1, "nc1": 1e3, "status": "diverged"})  # failed: ignored
+    return rows
+
+
+def test_plot_depth_baseline_unconverged_and_failed():
+    rows = depth_rows()
+    fig = plot_depth(rows, "nc1", band="std")
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert len(ax.get_lines()) == 4  # mean, hollow unconverged, baseline, fit
+    # mean over the converged seeds only (neither the unconverged nor the failed run)
+    mean = lines["mean over seeds"]
+    np.testing.assert_allclose(mean.get_xdata(), DEPTHS)
+    ref = [np.mean([r["nc1"] for r in rows if r["depth"] == d]) for d in DEPTHS]
+    np.testing.assert_allclose(mean.get_ydata(), ref)
+    # the depth-0 baseline: a grey dashed horizontal line at the baseline mean (3, 4, 5 → 4)
+    base = lines[BASELINE_LABEL]
+    assert base.get_linestyle() == "--" and base.get_color() == "0.5"
+    assert list(base.get_ydata()) == [4.0, 4.0]
+    # the unconverged run: a hollow marker at its own value, not joined by a line
+    hollow = lines["not converged (not fitted)"]
+    assert hollow.get_linestyle() == "None" and hollow.get_markerfacecolor() == "none"
+    assert list(hollow.get_xdata()) == [32.0] and list(hollow.get_ydata()) == [5.0]
+    # the fit leaves out the unconverged run: same slope as rate_table on converged runs only
+    entry = rate_table(rows, ["nc1"])[0]
+    fit = next(ln for label, ln in lines.items() if label.startswith("slope"))
+    assert f"slope {entry['slope']:+.2f}" in fit.get_label() and "(95% t)" in fit.get_label()
+    assert fit.get_xdata()[-1] == pytest.approx(16.0)  # drawn over the fitted depths
+    # the log axis shows the depths > 0 only, the unconverged depth included
+    assert [float(t) for t in ax.get_xticks()] == [2.0, 4.0, 8.0, 16.0, 32.0]
+
+    # converged_only=False: the run at L = 32 joins the mean line and the fit
+    loose = plot_depth(rows, "nc1", converged_only=False).axes[0]
+    labels = [ln.get_label() for ln in loose.get_lines()]
+    assert "not converged (not fitted)" not in labels and len(labels) == 3
+    assert list(loose.get_lines()[0].get_xdata()) == [*DEPTHS, 32]
+
+    # single axis: one dotted baseline per metric, in the metric's colour
+    rows2 = [{**r, "nc3": r["nc1"] / 2} for r in rows]
+    one = plot_depth(rows2, ("nc1", "nc3"), single_axis=True, slope=False, band="none").axes[0]
+    bases = [ln for ln in one.get_lines() if ln.get_label().endswith(BASELINE_LABEL)]
+    assert len(bases) == 2 and {ln.get_color() for ln in bases} == {"C0", "C1"}
+
+    with pytest.raises(ValueError, match="no usable runs at depth > 0"):
+        plot_depth([r for r in rows if r["depth"] == 0], "nc1")
+
+
+def profile_rows():
+    rows = []
+    for s in range(2):
+        rows.append({"depth": 0, "seed": s, "layer": 0, "nc1": 4.0 + s})
+        for d in (2, 4, 8):
+            for layer in range(d + 1):
+                v = (1.0 + s) * 3.0 * math.exp(-2.0 * layer / d) / math.sqrt(d)
+                rows.append({"depth": d, "seed": s, "layer": layer, "nc1": v, "nc3": v / 3})
+    return rows
+
+
+def test_plot_layer_profile_one_curve_per_depth():
+    rows = profile_rows()
+    fig = plot_layer_profile(rows, "nc1", title="progressive collapse")
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    lines = ax.get_lines()
+    assert [ln.get_label() for ln in lines] == ["L = 0 (no blocks)", "L = 2", "L = 4", "L = 8"]
+    # depth 0: a single marker at l/L = 0, mean over the two seeds
+    assert lines[0].get_linestyle() == "None"
+    assert list(lines[0].get_xdata()) == [0.0] and list(lines[0].get_ydata()) == [4.5]
+    # depth 4: five layers at l/L = 0, 1/4, …, 1, mean over seeds
+    np.testing.assert_allclose(lines[2].get_xdata(), [0, 0.25, 0.5, 0.75, 1.0])
+    ref = [1.5 * 3.0 * math.exp(-2.0 * lay / 4) / 2.0 for lay in range(5)]
+    np.testing.assert_allclose(lines[2].get_ydata(), ref)
+    # colours differ between depths
+    assert len({tuple(ln.get_color()) for ln in lines}) == 4
+    assert len(ax.get_legend().get_texts()) == 4
+
+    # the metric column may be absent at depth 0 only if we ask for another one: here it is
+    with pytest.raises(ValueError, match="no 'nc3' column"):
+        plot_layer_profile(rows, "nc3")
+    with pytest.raises(ValueError, match="layer must be an integer in"):
+        plot_layer_profile([{"depth": 2, "seed": 0, "layer": 3, "nc1": 1.0}])
+
+
+def test_plot_history_panels_and_splits():
+    rows = []
+    for seed in range(2):
+        for e in (0, 10, 20, 30):
+            for split, f in (("train", 1.0), ("test", 2.0)):
+                rows.append(
+                    {"epoch": e, "split": split, "seed": seed,
+                     "nc1": f * (1 + seed) / (1 + e), "nc3": f * 0.5 / (1 + e)}
+                )  # fmt: skip
+    fig = plot_history(rows, ("nc1", "nc3"), title="collapse over training")
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    for ax in fig.axes:
+        assert ax.get_yscale() == "log" and ax.get_xlabel() == "epoch"
+        assert [ln.get_label() for ln in ax.get_lines()] == ["train", "test"]
+    train, test = fig.axes[0].get_lines()
+    np.testing.assert_allclose(train.get_xdata(), [0, 10, 20, 30])
+    np.testing.assert_allclose(train.get_ydata(), [1.5 / (1 + e) for e in (0, 10, 20, 30)])
+    np.testing.assert_allclose(test.get_ydata(), [3.0 / (1 + e) for e in (0, 10, 20, 30)])
+    assert test.get_linestyle() == "--"
+
+    # one metric, train only (no split column), a test metric recorded less often is fine
+    only = plot_history([{"epoch": e, "nc1": 1.0 / (1 + e)} for e in range(5)], "nc1")
+    assert [ln.get_label() for ln in only.axes[0].get_lines()] == ["train"]
+    with pytest.raises(ValueError, match="no history row has a 'nc2' column"):
+        plot_history(rows, ("nc2",))
+    with pytest.raises(ValueError, match="no 'step' column"):
+        plot_history(rows, ("nc1",), x="step")
