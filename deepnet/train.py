@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -208,7 +209,7 @@ class _Run:
         if ckpt is not None:
             run._restore(ckpt)
         elif config.init == "continuation":
-            _continue_from(config, model)
+            _continue_from(config, model, run.run_path)
         if run.run_path is not None:
             write_json(run.run_path / "config.json", config.to_dict())
             if run.epoch < config.epochs:  # results of an earlier run in this folder are stale
@@ -605,12 +606,15 @@ def stationarity(
     }
 
 
-def _continue_from(config: RunConfig, model: CollapseNet) -> None:
-    """Start ``model`` (depth L) from the finished shallower run in ``config.init_from``: its
-    embedding, blocks and classifier are copied, blocks L'..L−1 start near the identity."""
+def _continue_from(config: RunConfig, model: CollapseNet, run_path: Path | None) -> None:
+    """Start ``model`` (depth L) from the finished shallower run in ``config.init_from`` (a
+    relative path is relative to this run's folder): its embedding, blocks and classifier are
+    copied, blocks L'..L−1 start near the identity."""
     import json
 
     src = Path(config.init_from) if config.init_from else None
+    if src is not None and not src.is_absolute() and run_path is not None:
+        src = Path(os.path.normpath(run_path / src))  # lexical: run_path need not exist yet
     if src is None or not (src / "metrics.json").exists() or not (src / "checkpoint.pt").exists():
         raise ValueError(
             "init='continuation' needs a finished shallower run in init_from (a run folder with "

@@ -2,7 +2,14 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .distance import NegativeGapError, distance_to_optimum, procrustes_distance
+from .collect import collect
+from .distance import (
+    NegativeGapError,
+    distance_to_optimum,
+    problem_from_features,
+    procrustes_distance,
+)
+from .measure import measure_features, measure_npz
 from .metrics import CollapseAccumulator, collapse_metrics, stream_collapse_metrics
 from .plots import plot_depth, plot_history, plot_layer_profile
 from .rates import RateFit, fit_rate, preset_verdict, rate_table, summarize_by_depth, verdict
@@ -43,14 +50,18 @@ __all__ = [
     "SweepResult",
     "__version__",
     "collapse_metrics",
+    "collect",
     "distance_to_optimum",
     "fit_rate",
     "get_preset",
+    "measure_features",
+    "measure_npz",
     "monotone_certificate",
     "plot_depth",
     "plot_history",
     "plot_layer_profile",
     "preset_verdict",
+    "problem_from_features",
     "procrustes_distance",
     "rate_table",
     "read_rows",

@@ -189,17 +189,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="rerun the shallowest depth with blocks and the deepest (first seed) with twice the "
         "budget and check that J no longer moves (default: the preset's choice)",
     )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="units run side by side, one single-threaded process each (default: one per core; "
+        "the depths of one seed form a chain and run in order)",
+    )
+    s.add_argument("--backend", choices=("local", "ray"), default="local", help="where units run")
+    s.add_argument("--address", help="Ray cluster address (HOST:PORT or ray://HOST:PORT)")
+    s.add_argument(
+        "--gpus-per-unit",
+        type=float,
+        default=None,
+        help="GPUs per unit on Ray (fractions allowed; default 0.25 on a GPU cluster, else 0)",
+    )
+    s.add_argument(
+        "--batch-seeds",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the seeds of one depth as one batched model (first-order optimizers; "
+        "default: on when a GPU is present)",
+    )
     s.add_argument("--quiet", action="store_true", help="no progress bars")
 
     r = sub.add_parser("report", help="re-aggregate a (partial) sweep folder")
     r.add_argument("out", help="sweep folder")
 
     sub.add_parser("presets", help="list the presets")
+
+    from reduction.measure import add_measure_arguments
+
+    add_measure_arguments(
+        sub.add_parser(
+            "measure", help="metrics and distance to the UFM optimum of saved features (.npz)"
+        )
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "measure":
+        from reduction.measure import run_measure
+
+        return run_measure(args)
     from reduction.presets import PRESETS
 
     if args.command == "presets":
@@ -225,6 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overrides=_overrides(args.set, args),
                 budget_check=args.budget_check,
                 progress=not args.quiet,
+                workers=args.workers,
+                backend=args.backend,
+                address=args.address,
+                gpus_per_unit=args.gpus_per_unit,
+                batch_seeds=args.batch_seeds,
             )
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

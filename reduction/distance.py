@@ -1,4 +1,5 @@
-"""Distance of a trained network's last layer to the global optimum of its UFM (SPEC §3, §6).
+"""Distance of a trained network's last layer to the global optimum of its UFM
+(docs/THEORY.md §3, §6, §10).
 
 The deep network's features h_i, classifier W and bias b are evaluated on the UFM objective of a
 ``ufm.Problem`` (same loss conventions as ``ufm``: mean cross-entropy, or (1/(2N))‖Z − Y‖_F² with
@@ -6,20 +7,29 @@ one-hot Y; penalties (λ_W/2)‖W‖_F², (λ_b/2)‖b‖² for a regularised bi
 features) and compared with the optimum from ``ufm.solve``:
 
 * ``gap`` = classifier-side objective (fit + classifier penalties) − UFM*. For LayerNorm features
-  (every h_i on the problem's sphere) the UFM relaxes the network, so gap ≥ 0; the same holds for
-  ``ufm_gap`` (the full UFM objective, adding the feature penalty for free features) at any point.
-  A negative value beyond ``gap_tol`` means the "optimum" is not optimal (solver tolerance, or
-  features that are not what the problem assumes): by default a :class:`NegativeGapError` is
-  raised; ``on_negative_gap="warn"`` warns instead. Features off the sphere (``feasible`` False)
-  are not checked, since the bound does not apply to them.
-* shape: the ratio of mean classifier row norms to the optimum's, and orthogonal-Procrustes
-  distances min_R ‖A R − B‖_F (R orthogonal) between Frobenius-normalised configurations: centred
-  class means M̄ (K×d), classifier W (K×d), and both stacked with one shared rotation.
+  the UFM relaxes the network, so gap ≥ 0 (THEORY §3); the same holds for ``ufm_gap`` (the full
+  UFM objective, adding the feature penalty for free features) at any point. A negative value
+  beyond ``gap_tol`` means the "optimum" is not optimal (solver tolerance, or features that are
+  not what the problem assumes): by default a :class:`NegativeGapError` is raised;
+  ``on_negative_gap="warn"`` warns instead. Infeasible points (``feasible`` False) are not
+  checked, since the bound does not apply to them.
+* feasibility is one-sided: the bound holds for every centred point *inside* the ball ‖h_i‖ ≤ r,
+  not only on the sphere (proof in :func:`distance_to_optimum`); only norms above r, or
+  non-centred features for a centred problem, make a point infeasible.
+* geometry: the ratio of mean classifier row norms to the optimum's; orthogonal-Procrustes
+  distances min_R ‖A R − B‖_F (R orthogonal) between Frobenius-normalised configurations (centred
+  class means M̄, classifier W, both stacked with one shared rotation); and NC2 / NC3 measured
+  against the optimum's own geometry (``nc2_ufm``, ``nc2_means_ufm``, ``nc3_ufm``), which is the
+  simplex ETF for CE but an orthogonal frame for MSE without bias, and the numerical optimum for
+  imbalanced classes (THEORY §4, §10).
+* without a problem, :func:`problem_from_features` builds the LayerNorm-sphere UFM from the data
+  (λ_W must be given).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any, Literal
 
@@ -30,9 +40,14 @@ from scipy.special import logsumexp
 
 import ufm
 
-from .metrics import _as_tensor
+from .metrics import _as_tensor, _unit_scale
 
-__all__ = ["NegativeGapError", "distance_to_optimum", "procrustes_distance"]
+__all__ = [
+    "NegativeGapError",
+    "distance_to_optimum",
+    "problem_from_features",
+    "procrustes_distance",
+]
 
 
 class NegativeGapError(RuntimeError):
@@ -52,6 +67,7 @@ def procrustes_distance(A: np.ndarray, B: np.ndarray) -> float:
 
     Lies in [0, 2]; 0 iff the configurations agree up to rotation/reflection and overall scale.
     """
+    A, B = _unit_scale(np.asarray(A, dtype=np.float64)), _unit_scale(np.asarray(B, np.float64))
     na, nb = np.linalg.norm(A), np.linalg.norm(B)
     if na == 0 or nb == 0:
         return math.nan
@@ -75,46 +91,33 @@ def _fit(problem: ufm.Problem, Z: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum((Z - Y) ** 2) / (2 * N))
 
 
-def distance_to_optimum(
-    features: Any,
-    labels: Any,
-    W: Any,
-    b: Any,
-    problem: ufm.Problem,
-    *,
-    solution: Any = None,
-    gap_tol: float | None = None,
-    feasibility_tol: float = 1e-4,
-    on_negative_gap: Literal["raise", "warn"] = "raise",
-    global_mean: Literal["sample", "class"] = "sample",
-) -> dict[str, Any]:
-    """Compare (features (N, d) as rows, labels (N,), W (K, d), b (K,) or None) with the optimum.
+# --------------------------------------------------------------------------------------------------
+# input handling
 
-    ``solution``: a ``ufm.Solution`` of ``problem`` to reuse (default ``ufm.solve(problem)``).
-    ``gap_tol``: allowed negative gap, default 1e-7 + 1e-6·|UFM*| (solver tolerance).
-    ``feasibility_tol``: relative tolerance for "on the sphere": |‖h_i‖ − r| ≤ tol·r and, when
-    centred, |1ᵀh_i| ≤ tol·r·√d (float32 LayerNorm outputs, whose LN ε shrinks norms by ~1e-5).
 
-    Returns: optimum_value, optimum_method, optimum_geometry, fit, classifier_penalty (λ_W/2‖W‖²
-    + λ_b/2‖b‖² if the bias is regularised), classifier_objective = fit + classifier_penalty,
-    gap = classifier_objective − optimum_value, rel_gap = gap/|optimum_value|, feature_penalty
-    (λ_H/2‖H‖_F², free features only), ufm_objective, ufm_gap, feasible, feasibility_violation,
-    gap_tol, w_norm_mean, w_norm_mean_opt, w_norm_ratio, procrustes_means, procrustes_W,
-    procrustes_joint.
-    """
-    if not isinstance(problem, ufm.Problem):
-        raise ValueError(f"problem must be a ufm.Problem, got {type(problem).__name__}")
-    if on_negative_gap not in ("raise", "warn"):
-        raise ValueError(f"on_negative_gap must be 'raise' or 'warn', got {on_negative_gap!r}")
-    if global_mean not in ("sample", "class"):
-        raise ValueError(f"global_mean must be 'sample' or 'class', got {global_mean!r}")
+def _inputs(
+    features: Any, labels: Any, W: Any, b: Any, K: int | None = None, d: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Validate and convert (features (N, d), labels (N,), W (K, d), b (K,) or None) to float64
+    numpy (labels int64). K and d default to W's shape."""
     H = _np64(features, "features")
     Wn = _np64(W, "W")
-    K, d = problem.K, problem.width
+    if Wn.ndim != 2:
+        raise ValueError(f"W must be 2-D (K, d) with one row per class, got shape {Wn.shape}")
+    K = Wn.shape[0] if K is None else K
+    if d is None:
+        if H.ndim != 2:
+            raise ValueError(f"features must be 2-D (N, d) with samples as rows, got {H.shape}")
+        d = H.shape[1]
     if H.ndim != 2 or H.shape[1] != d:
         raise ValueError(f"features must have shape (N, width = {d}), got {H.shape}")
     if Wn.shape != (K, d):
         raise ValueError(f"W must have shape (K, width) = ({K}, {d}), got {Wn.shape}")
+    if K < 2:
+        raise ValueError(f"need at least 2 classes (rows of W), got K = {K}")
+    if H.dtype.kind not in "fiu" or Wn.dtype.kind not in "fiu":
+        raise ValueError("features and W must be real numbers")
+    H, Wn = H.astype(np.float64, copy=False), Wn.astype(np.float64, copy=False)
     y = _as_tensor(labels, "labels").cpu().numpy()
     if y.ndim != 1 or y.shape[0] != H.shape[0]:
         raise ValueError(f"labels must be 1-D of length N = {H.shape[0]}, got shape {y.shape}")
@@ -132,6 +135,285 @@ def distance_to_optimum(
     counts = np.bincount(y, minlength=K)
     if np.any(counts == 0):
         raise ValueError(f"class(es) {np.nonzero(counts == 0)[0].tolist()} have no samples")
+    bn: np.ndarray | None = None
+    if b is not None:
+        bn = _np64(b, "b").reshape(-1)
+        if bn.shape != (K,) or bn.dtype.kind not in "fiu" or not np.all(np.isfinite(bn)):
+            raise ValueError(f"b must be a finite vector of shape ({K},), got {bn.shape}")
+        bn = bn.astype(np.float64, copy=False)
+    return H, y, Wn, bn
+
+
+def _row_norms(H: np.ndarray) -> np.ndarray:
+    """‖h_i‖ without overflow or underflow of the squares (power-of-two rescaling is exact)."""
+    m = float(np.max(np.abs(H), initial=0.0))
+    if m == 0:
+        return np.zeros(H.shape[0])
+    t = math.ldexp(1.0, min(math.frexp(m)[1], 1023))
+    return np.linalg.norm(H / t, axis=1) * t
+
+
+def _centring_violation(H: np.ndarray, r: float) -> float:
+    """max_i |1ᵀh_i| / (r√d), on a common power-of-two scale (no overflow at extreme scales)."""
+    m = float(np.max(np.abs(H), initial=0.0))
+    if m == 0:
+        return 0.0
+    t = math.ldexp(1.0, min(math.frexp(m)[1], 1023))
+    return float(np.max(np.abs((H / t).sum(axis=1)))) / ((r / t) * math.sqrt(H.shape[1]))
+
+
+def _check_lam(lam: Any) -> float:
+    if (
+        lam is None
+        or isinstance(lam, bool)
+        or not isinstance(lam, numbers.Real)
+        or not math.isfinite(float(lam))
+        or float(lam) <= 0
+    ):
+        raise ValueError(
+            "lam (λ_W, the weight decay of the classifier) is required when no ufm.Problem is "
+            f"given and must be a positive finite number, got {lam!r}"
+        )
+    return float(lam)
+
+
+def _check_loss(loss: Any) -> str:
+    if loss not in ufm.problem.LOSSES:
+        raise ValueError(f"loss must be one of {ufm.problem.LOSSES}, got {loss!r}")
+    return str(loss)
+
+
+def problem_from_features(
+    features: Any,
+    labels: Any,
+    W: Any,
+    b: Any = None,
+    *,
+    lam: float,
+    loss: str = "ce",
+    tol: float = 1e-4,
+) -> ufm.Problem:
+    """The LayerNorm-sphere UFM (THEORY §3) of a network's last layer, built from the data.
+
+    K = rows of W; per-class counts from ``labels``; width d = columns of ``features``;
+    λ_W = ``lam`` (> 0, required); ``loss`` "ce" or "mse"; bias "free" if ``b`` is given (the
+    network has an undecayed bias), else "none"; features "layernorm" with
+
+    * radius r = the **largest** row norm max_i ‖h_i‖, snapped to √d when within ``tol``·√d
+      (LayerNorm outputs: ε only shrinks them, so max ≈ √d and the UFM is the one of THEORY §3).
+      The max, not the RMS, because then every feature lies in the ball ‖h‖ ≤ r, where the UFM
+      value is a valid lower bound (see :func:`distance_to_optimum`); with the RMS radius the rows
+      longer than the RMS would be infeasible and the bound could fail.
+    * centred iff every row sums to ≈ 0: |1ᵀh_i| ≤ ``tol``·r·√d (LayerNorm without affine shift).
+    """
+    H, y, Wn, bn = _inputs(features, labels, W, b)
+    lam_W = _check_lam(lam)
+    loss = _check_loss(loss)
+    K, d = Wn.shape
+    norms = _row_norms(H)
+    r_max = float(norms.max())
+    if r_max == 0.0:
+        raise ValueError("features are all zero: there is no sphere radius to build a UFM from")
+    root_d = math.sqrt(d)
+    radius: float | None = None if abs(r_max - root_d) <= tol * root_d else r_max
+    r = root_d if radius is None else r_max
+    centred = d >= 2 and _centring_violation(H, r) <= tol
+    counts = np.bincount(y, minlength=K)
+    per_class: int | list[int] = (
+        int(counts[0]) if np.all(counts == counts[0]) else [int(c) for c in counts]
+    )
+    return ufm.Problem(
+        loss=loss,
+        num_classes=K,
+        samples_per_class=per_class,
+        width=d,
+        lam_W=lam_W,
+        bias="free" if bn is not None else "none",
+        features="layernorm",
+        radius=radius,
+        centered=centred,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# feasibility and geometry helpers
+
+
+def _liftable(W: np.ndarray, centered: bool) -> bool:
+    """Is there a unit v with W v = 0 (and 1ᵀv = 0 when centred)? Then any point inside the ball
+    lifts onto the sphere along v with unchanged logits (see :func:`distance_to_optimum`).
+
+    v ∈ 1⊥ with W v = 0 ⟺ W_c v = 0 for W_c = W(I − 11ᵀ/d), a map of rank ≤ d − 1 on 1⊥: such v
+    exists iff rank W_c < d' (d' = d − 1 centred, d otherwise).
+    """
+    K, d = W.shape
+    d_eff = d - 1 if centered else d
+    if K < d_eff:
+        return True  # rank ≤ K < d'
+    Wc = W - W.mean(axis=1, keepdims=True) if centered else W
+    return int(np.linalg.matrix_rank(_unit_scale(Wc))) < d_eff
+
+
+def _gram_distance(X: np.ndarray, Y: np.ndarray) -> float:
+    """‖G_X/‖G_X‖_F − G_Y/‖G_Y‖_F‖_F with G = X Xᵀ; NaN if X or Y is 0."""
+    X, Y = _unit_scale(X), _unit_scale(Y)
+    GX, GY = X @ X.T, Y @ Y.T
+    nx, ny = np.linalg.norm(GX), np.linalg.norm(GY)
+    if nx == 0 or ny == 0:
+        return math.nan
+    return float(np.linalg.norm(GX / nx - GY / ny))
+
+
+def _class_map(M: np.ndarray, W: np.ndarray, rtol: float = 1e-8) -> np.ndarray | None:
+    """A = M W⁺ (K×K) from the SVD of W, singular values below rtol·s_max dropped (the optimum's
+    W is often rank-deficient, e.g. rank K − 1 for CE; its rounding-level singular values must
+    not be inverted). None if W = 0."""
+    U, s, Vt = np.linalg.svd(_unit_scale(W), full_matrices=False)
+    if s.size == 0 or s[0] == 0:
+        return None
+    keep = s > rtol * s[0]
+    u = float(np.max(np.abs(W)))
+    scale = math.ldexp(1.0, min(math.frexp(u)[1], 1023))  # the factor _unit_scale removed
+    return ((M @ Vt[keep].T) / s[keep]) @ U[:, keep].T / scale
+
+
+def _cosines(H: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """C[i, k] = cos(h_i, t_k); 0 where a vector is zero (as in the metrics)."""
+    H, T = _unit_scale(H), _unit_scale(T)
+    denom = np.outer(np.linalg.norm(H, axis=1), np.linalg.norm(T, axis=1))
+    dots = H @ T.T
+    return np.divide(dots, denom, out=np.zeros_like(dots), where=denom > 0)
+
+
+def _mean_cos_gap(H: np.ndarray, y: np.ndarray, T: np.ndarray) -> float:
+    """1 − (1/N) Σ_i cos(h_i, t_{y_i})."""
+    return float(1.0 - _cosines(H, T)[np.arange(len(y)), y].mean())
+
+
+def _mean_cos_gap_points(sol: Any, T: np.ndarray) -> float:
+    """The same at the solver's optimum, from its points (one feature per point j with label
+    counts c_jk): 1 − (1/N) Σ_j Σ_k c_jk cos(h_j, t_k), without expanding to N samples."""
+    points = getattr(sol, "points", None)
+    Hp = getattr(sol, "H_points", None)
+    if points is None or Hp is None:  # a Solution-like object without the point reduction
+        H = np.asarray(sol.H, dtype=np.float64).T
+        return _mean_cos_gap(H, sol.problem.labels, T)
+    C = np.asarray(points.counts, dtype=np.float64)  # (K, P)
+    cos = _cosines(np.asarray(Hp, dtype=np.float64).T, T)  # (P, K)
+    return float(1.0 - np.sum(C.T * cos) / C.sum())
+
+
+def _same_problem(a: ufm.Problem, b: ufm.Problem) -> bool:
+    """Equal up to the class counts being proportional (LayerNorm UFM without groups, whose
+    value depends only on the class proportions)."""
+    da, db = a.to_dict(), b.to_dict()
+    da.pop("samples_per_class")
+    db.pop("samples_per_class")
+    if da != db or a.groups != b.groups:
+        return False
+    ca, cb = a.counts, b.counts
+    if a.features == "layernorm" and not a.groups:
+        return bool(np.array_equal(ca * cb.sum(), cb * ca.sum()))
+    return bool(np.array_equal(ca, cb))
+
+
+# --------------------------------------------------------------------------------------------------
+# the distance
+
+
+def distance_to_optimum(
+    features: Any,
+    labels: Any,
+    W: Any,
+    b: Any = None,
+    problem: ufm.Problem | None = None,
+    *,
+    lam: float | None = None,
+    loss: str | None = None,
+    solution: Any = None,
+    gap_tol: float | None = None,
+    feasibility_tol: float = 1e-4,
+    on_negative_gap: Literal["raise", "warn"] = "raise",
+    global_mean: Literal["sample", "class"] = "sample",
+) -> dict[str, Any]:
+    """Compare (features (N, d) as rows, labels (N,), W (K, d), b (K,) or None) with the optimum.
+
+    ``problem``: the ``ufm.Problem`` to compare with. ``None``: built from the data by
+    :func:`problem_from_features` (LayerNorm sphere, radius = largest feature norm, centred iff
+    the features are, bias "free" iff ``b`` is given) with λ_W = ``lam`` (required then) and
+    ``loss`` ("ce" if None). With a problem, ``lam`` must be None and ``loss`` None or equal.
+    ``solution``: a ``ufm.Solution`` of the problem to reuse (default ``ufm.solve(problem)``).
+    ``gap_tol``: allowed negative gap, default 1e-7 + 1e-6·|UFM*| (solver tolerance); features
+    longer than r by a factor 1 + e ≤ 1 + ``feasibility_tol`` add (λ_W/2)‖W‖²((1+e)² − 1) to it
+    (the exact bound for them, by rescaling W and H).
+    ``feasibility_tol``: relative tolerance of the feasibility checks (float32 LayerNorm outputs,
+    whose LN ε shrinks norms by ~1e-5): ‖h_i‖ ≤ r(1 + tol) and, when centred, |1ᵀh_i| ≤ tol·r·√d.
+
+    **Ball = sphere** (why feasibility is one-sided). Let v be a unit vector with W v = 0 (and
+    1ᵀv = 0 when centred). For ‖h‖ ≤ r, h' = h − ⟨h,v⟩v + (r² − ‖h‖² + ⟨h,v⟩²)^{1/2} v has
+    ‖h'‖ = r, the same centring and the same logits W h' + b = W h + b, and the penalty is on W
+    only: so fit + penalties at (W, b, H) ≥ UFM*(sphere). Such v exists whenever rank W < d'
+    (d' = d − 1 centred, d otherwise; always when K < d'); for CE it suffices that d' ≥ K, since
+    the ball minimiser can take 1ᵀW = 0 (CE is shift-invariant and P_K W has the smaller norm), so
+    rank W ≤ K − 1 < d' there and the ball value equals the sphere value. When neither holds
+    (MSE with d' ≤ K and W of full rank d', or CE with d' < K) the check stays two-sided.
+
+    **Geometry of the optimum.** With G = W Wᵀ and G* = W* W*ᵀ of the optimum,
+    nc2_ufm = ‖G/‖G‖_F − G*/‖G*‖_F‖_F (= nc2 against P_K when the optimum is a simplex ETF, = nc2
+    against I_K for an orthogonal frame), nc2_means_ufm the same for the centred class means
+    against the optimum's. nc3_ufm = 1 − (1/N) Σ_i cos(h_i, t_{y_i}) with t = A W and
+    A = M* W*⁺ (K×K; M* the optimum's class means, rows). Derivation: at an optimum every feature
+    lies in the row space of W* (first-order conditions: free features λ_H h_i = −W*ᵀ∇_zℓ_i;
+    LayerNorm features 2ν_i h_i = −P_1 W*ᵀ∇_zℓ_i with P_1 = I − 11ᵀ/d and W*1 = 0, because that
+    component of W changes no logit and costs penalty), so M* = A W* exactly. A is invariant to
+    rotating the optimum ((M*Q)(W*Q)⁺ = M*W*⁺), so at any optimal point (W*Q, H*Q) the target is
+    t = A W* Q = M* Q, the class's own feature: nc3_ufm = 0 for every geometry, with no Procrustes
+    step. For an ETF optimum A ∝ P_K, so t_k ∝ w_k − w̄ (the classifier row with the class-mean
+    row removed, which CE cannot see). ``nc3_ufm_opt`` is its value at the solver's optimum
+    (0 up to solver precision; > 0 only for points mixing labels, i.e. tied inputs).
+
+    Returns: optimum_value, optimum_method, optimum_geometry, fit, classifier_penalty (λ_W/2‖W‖²
+    + λ_b/2‖b‖² if the bias is regularised), classifier_objective = fit + classifier_penalty,
+    gap = classifier_objective − optimum_value, rel_gap = gap/|optimum_value|, feature_penalty
+    (λ_H/2‖H‖_F², free features only), ufm_objective, ufm_gap, feasible, feasibility_violation
+    (the one-sided violation that decides ``feasible``: max(max_i ‖h_i‖/r − 1, 0) or, when the
+    ball argument does not apply, max_i |‖h_i‖ − r|/r; with the centring violation
+    max_i |1ᵀh_i|/(r√d) when centred), sphere_violation (two-sided distance to the sphere, for
+    information), ball_bound (whether points inside the ball are covered), gap_tol, w_norm_mean,
+    w_norm_mean_opt, w_norm_ratio, procrustes_means, procrustes_W, procrustes_joint, nc2_ufm,
+    nc2_means_ufm, nc3_ufm, nc3_ufm_opt, radius (the problem's r, None for free features),
+    centered, problem (``ufm.Problem.to_dict()``, JSON-able).
+    """
+    if on_negative_gap not in ("raise", "warn"):
+        raise ValueError(f"on_negative_gap must be 'raise' or 'warn', got {on_negative_gap!r}")
+    if global_mean not in ("sample", "class"):
+        raise ValueError(f"global_mean must be 'sample' or 'class', got {global_mean!r}")
+    if problem is None:
+        H, y, Wn, bn = _inputs(features, labels, W, b)
+        problem = problem_from_features(
+            H, y, Wn, bn, lam=lam, loss="ce" if loss is None else loss, tol=feasibility_tol
+        )
+        if solution is not None and not (
+            isinstance(getattr(solution, "problem", None), ufm.Problem)
+            and _same_problem(solution.problem, problem)
+        ):
+            raise ValueError(
+                "solution is not a solution of the problem built from the data "
+                f"({problem.to_dict()}); pass that problem explicitly or drop solution"
+            )
+    else:
+        if not isinstance(problem, ufm.Problem):
+            raise ValueError(f"problem must be a ufm.Problem, got {type(problem).__name__}")
+        if lam is not None:
+            raise ValueError(
+                f"give either problem or lam, not both (the problem has lam_W = {problem.lam_W})"
+            )
+        if loss is not None and loss != problem.loss:
+            raise ValueError(f"loss = {loss!r} but the problem's loss is {problem.loss!r}")
+        H, y, Wn, bn = _inputs(features, labels, W, b, problem.K, problem.width)
+    K = problem.K
+    N = H.shape[0]
+    counts = np.bincount(y, minlength=K)
     pc = np.asarray(problem.counts)
     # the LayerNorm UFM value depends only on class proportions; free features (λ_H‖H‖² is not
     # divided by N) and tied inputs (groups) depend on the counts themselves
@@ -143,12 +425,6 @@ def distance_to_optimum(
             f"{pc.tolist()}{' (up to scale)' if proportional else ''}; build the ufm.Problem "
             "from the data's counts"
         )
-
-    bn: np.ndarray | None = None
-    if b is not None:
-        bn = _np64(b, "b").reshape(-1)
-        if bn.shape != (K,) or not np.all(np.isfinite(bn)):
-            raise ValueError(f"b must be a finite vector of shape ({K},), got {bn.shape}")
     if problem.bias == "none" and bn is not None and np.any(bn != 0):
         raise ValueError("problem has bias='none' but a nonzero b was given")
 
@@ -164,16 +440,24 @@ def distance_to_optimum(
 
     if problem.features == "layernorm":
         r = problem.r
-        viol = float(np.max(np.abs(np.linalg.norm(H, axis=1) - r)) / r)
-        if problem.centered:
-            viol = max(viol, float(np.max(np.abs(H.sum(axis=1)))) / (r * math.sqrt(d)))
+        ratio = _row_norms(H) / r
+        excess = max(float(ratio.max()) - 1.0, 0.0)
+        # norms up to r(1 + excess) pass within feasibility_tol; (W(1+e), H/(1+e)) lies in the
+        # ball with the same logits, so the bound there is gap ≥ −(λ_W/2)‖W‖²((1+e)² − 1)
+        slack = 0.5 * problem.lam_W * float(np.sum(Wn**2)) * ((1.0 + excess) ** 2 - 1.0)
+        sphere = float(np.max(np.abs(ratio - 1.0)))
+        cent = _centring_violation(H, r) if problem.centered else 0.0
+        ball = _liftable(Wn, problem.centered) or (problem.loss == "ce" and problem.d_eff >= K)
+        viol = max(excess if ball else sphere, cent)
+        sphere_viol = max(sphere, cent)
         feasible = viol <= feasibility_tol
     else:
-        viol, feasible = 0.0, True  # free features: every H is feasible
+        viol, sphere_viol, feasible, ball = 0.0, 0.0, True, True  # free features: any H
+        slack = 0.0
 
     sol = ufm.solve(problem) if solution is None else solution
     value = float(sol.value)
-    tol = 1e-7 + 1e-6 * abs(value) if gap_tol is None else float(gap_tol)
+    tol = (1e-7 + 1e-6 * abs(value) if gap_tol is None else float(gap_tol)) + slack
     cls_obj = fit + cls_pen
     ufm_obj = cls_obj + feat_pen
     gap, ufm_gap = cls_obj - value, ufm_obj - value
@@ -196,10 +480,18 @@ def distance_to_optimum(
     pcw = pc / pc.sum()
     mu_opt_g = pcw @ mu_opt if global_mean == "sample" else mu_opt.mean(axis=0)
     Mopt = mu_opt - mu_opt_g
-    w_mean = float(np.mean(np.linalg.norm(Wn, axis=1)))
-    w_opt = float(np.mean(np.linalg.norm(Wopt, axis=1)))
+    w_mean = float(np.mean(_row_norms(Wn)))
+    w_opt = float(np.mean(_row_norms(Wopt)))
+
+    A = _class_map(mu_opt, Wopt)
+    if A is None:  # zero optimum (W* = 0): no classifier geometry to compare with
+        nc3_ufm = nc3_ufm_opt = math.nan
+    else:
+        nc3_ufm = _mean_cos_gap(H, y, A @ Wn)
+        nc3_ufm_opt = _mean_cos_gap_points(sol, A @ Wopt)
 
     def _unit(X: np.ndarray) -> np.ndarray:
+        X = _unit_scale(X)
         n = np.linalg.norm(X)
         return X / n if n > 0 else X
 
@@ -216,7 +508,9 @@ def distance_to_optimum(
         "ufm_objective": ufm_obj,
         "ufm_gap": ufm_gap,
         "feasible": bool(feasible),
-        "feasibility_violation": viol,
+        "feasibility_violation": float(viol),
+        "sphere_violation": float(sphere_viol),
+        "ball_bound": bool(ball),
         "gap_tol": tol,
         "w_norm_mean": w_mean,
         "w_norm_mean_opt": w_opt,
@@ -228,4 +522,11 @@ def distance_to_optimum(
         "procrustes_joint": procrustes_distance(
             np.vstack([_unit(Mbar), _unit(Wn)]), np.vstack([_unit(Mopt), _unit(Wopt)])
         ),
+        "nc2_ufm": _gram_distance(Wn, Wopt),
+        "nc2_means_ufm": _gram_distance(Mbar, Mopt),
+        "nc3_ufm": nc3_ufm,
+        "nc3_ufm_opt": nc3_ufm_opt,
+        "radius": problem.r if problem.features == "layernorm" else None,
+        "centered": bool(problem.centered) if problem.features == "layernorm" else None,
+        "problem": problem.to_dict(),
     }

@@ -1,4 +1,4 @@
-"""Neural-collapse metrics (SPEC §6): a streaming, mergeable accumulator and plain functions on top.
+"""Neural-collapse metrics (docs/THEORY.md §6): a streaming, mergeable accumulator and functions.
 
 Notation: features h_i ∈ R^d (rows of an (N, d) array), labels y_i ∈ {0..K−1}, class counts n_k,
 class means μ_k, global mean μ_G (sample mean by default, or the mean of the class means),
@@ -25,6 +25,14 @@ Accumulator design (why it is exact and stable):
   processes), then :meth:`CollapseAccumulator.update_ncm` over the same data. Without W at
   construction nc3 is NaN; without the second pass nc4 is NaN (both documented in ``compute``).
   :func:`collapse_metrics` does both passes on in-memory data.
+* Scale: every metric except tr Σ_W and tr Σ_B is invariant to h ↦ c·h (c > 0), so the statistics
+  are kept for h/s with s a power of two ≥ max|h| seen so far (chosen from the data, raised, and
+  the stored statistics rescaled, when a larger batch arrives; merges align the two scales). Sums
+  of squares then neither overflow (features ~1e160) nor underflow (~1e-160), and since dividing by
+  a power of two is exact, H and 2^k·H give identical metrics. The nearest-mean pass rescales each
+  batch by its own power of two, and the classifier is kept pre-divided by one for the cosines and
+  logits. tr_sigma_w / tr_sigma_b are reported in the input's units (s² times the scaled traces:
+  ±inf or 0 only when the true value is outside the float64 range).
 """
 
 from __future__ import annotations
@@ -96,6 +104,36 @@ def _check_finite(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contain NaN or inf")
 
 
+def _max_abs(t: torch.Tensor) -> float:
+    """max_i |t_i| as a Python float (0 for an empty tensor; NaN if t holds NaN or ±inf).
+
+    One min/max reduction in the input dtype: no |t| copy of a large batch.
+    """
+    if t.numel() == 0:
+        return 0.0
+    lo, hi = torch.aminmax(t)
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return math.nan
+    return max(-lo, hi)
+
+
+def _pow2_at_least(m: float) -> float:
+    """The power of two 2^e with m < 2^e ≤ 2m (capped at 2^1023), for finite m > 0.
+
+    Scaling by a power of two is exact in binary floating point (barring subnormal results),
+    which is why the internal feature normalisation uses one: H and 2^k H give identical metrics.
+    """
+    return math.ldexp(1.0, min(math.frexp(m)[1], 1023))
+
+
+def _unit_scale(X: np.ndarray) -> np.ndarray:
+    """X / 2^e with 2^e ≥ max|X| (X unchanged if it is 0): Gram matrices and norms of the result
+    neither overflow nor underflow, whatever the scale of X."""
+    m = float(np.max(np.abs(X), initial=0.0))
+    return X / _pow2_at_least(m) if m > 0 else X
+
+
 def _labels(y: Any, n: int, num_classes: int, device: torch.device) -> torch.Tensor:
     """Validate integer labels in [0, K) with one label per feature row; return int64 on device."""
     t = _as_tensor(y, "labels", device)
@@ -141,13 +179,18 @@ def _classifier(W: Any, b: Any, num_classes: int, dim: int, device: torch.device
 
 
 def etf_target(num_classes: int) -> np.ndarray:
-    """Simplex-ETF Gram target P_K = I_K − 11ᵀ/K (SPEC §1)."""
+    """Simplex-ETF Gram target P_K = I_K − 11ᵀ/K (THEORY §1)."""
     return np.eye(num_classes) - np.full((num_classes, num_classes), 1.0 / num_classes)
 
 
 def nc2_distance(X: np.ndarray, target: np.ndarray) -> float:
-    """‖G/‖G‖_F − T/‖T‖_F‖_F with G = X Xᵀ (X: K rows). NaN if X = 0 (no geometry to compare)."""
-    G = X @ X.T
+    """‖G/‖G‖_F − T/‖T‖_F‖_F with G = X Xᵀ (X: K rows). NaN if X = 0 (no geometry to compare).
+
+    X is first divided by a power of two ≥ max|X| (the value is scale-free), so G cannot overflow
+    or underflow for extreme scales.
+    """
+    G = _unit_scale(np.asarray(X, dtype=np.float64))
+    G = G @ G.T
     gn = np.linalg.norm(G)
     if gn == 0.0:
         return math.nan
@@ -156,7 +199,7 @@ def nc2_distance(X: np.ndarray, target: np.ndarray) -> float:
 
 def _equinorm(X: np.ndarray) -> float:
     """std/mean of the row norms (population std). NaN if all rows are zero."""
-    norms = np.linalg.norm(X, axis=1)
+    norms = np.linalg.norm(_unit_scale(X), axis=1)
     m = norms.mean()
     return float(norms.std() / m) if m > 0 else math.nan
 
@@ -164,6 +207,7 @@ def _equinorm(X: np.ndarray) -> float:
 def _equiangularity(X: np.ndarray) -> float:
     """Mean over pairs k<l of |cos(x_k, x_l) + 1/(K−1)|; 0 for a simplex ETF. NaN on a zero row."""
     K = X.shape[0]
+    X = _unit_scale(X)
     norms = np.linalg.norm(X, axis=1)
     if np.any(norms == 0):
         return math.nan
@@ -189,7 +233,7 @@ class CollapseAccumulator:
         optional classifier (K, d) and bias (K,). Needed *during the pass* for the per-sample nc3
         and for nc4; may also be given only to :meth:`compute` for the moment-based metrics.
     global_mean:
-        μ_G = sample mean ``"sample"`` (default, SPEC §6) or mean of class means ``"class"``.
+        μ_G = sample mean ``"sample"`` (default, THEORY §6) or mean of class means ``"class"``.
     chunk_rows:
         rows per internal chunk (default 2²²/d, i.e. 32 MiB float64 buffers); results do not
         depend on it beyond rounding.
@@ -228,8 +272,10 @@ class CollapseAccumulator:
             raise ValueError("b given without W")
         self.W: torch.Tensor | None = None
         self.b: torch.Tensor | None = None
+        self._Wu: torch.Tensor | None = None  # W / u and b / u, u = power of two ≥ max|W|
+        self._bu: torch.Tensor | None = None
         if W is not None:  # validate now; moved to the statistics' device in _allocate
-            self.W, self.b = _classifier(W, b, self.num_classes, self.dim, None)
+            self._set_classifier(*_classifier(W, b, self.num_classes, self.dim, None))
         self._allocated = False
         # rows per internal chunk: two float64 (chunk_rows, d) buffers of 32 MiB each by default
         self.chunk_rows = int(chunk_rows) if chunk_rows is not None else max(1, 2**22 // self.dim)
@@ -240,6 +286,18 @@ class CollapseAccumulator:
             self._allocate(self.device)
 
     # -- state -------------------------------------------------------------------------------------
+    def _set_classifier(self, W: torch.Tensor | None, b: torch.Tensor | None) -> None:
+        """Store W, b and their copies pre-divided by a power of two u ≥ max|W|: per-sample cosines
+        and argmax logits are scale-free, and this keeps them finite for any scale of W."""
+        self.W, self.b = W, b
+        if W is None:
+            self._Wu = self._bu = None
+            return
+        m = float(W.abs().max()) if W.numel() else 0.0
+        u = _pow2_at_least(m) if m > 0 else 1.0
+        self._Wu = W / u
+        self._bu = None if b is None else b / u
+
     def _allocate(self, device: torch.device) -> None:
         K, d = self.num_classes, self.dim
         self.device = device
@@ -252,10 +310,31 @@ class CollapseAccumulator:
         self.ncm_means: torch.Tensor | None = None  # μ_k reference for nc4 (set_class_means)
         self.ncm_agree = 0  # #{i : argmax(W h_i + b) = argmin_k ‖h_i − μ_k‖}
         self.ncm_count = 0
+        # sums, within_sq and scatter are kept for h/scale (see the module docstring);
+        # seen_max = max|h| so far (0: every statistic is an exact zero, any scale represents it)
+        self.scale = 1.0
+        self.seen_max = 0.0
         if self.W is not None:
-            self.W = self.W.to(device)
-            self.b = None if self.b is None else self.b.to(device)
+            self._set_classifier(self.W.to(device), None if self.b is None else self.b.to(device))
         self._allocated = True
+
+    def _rescale(self, new_scale: float) -> None:
+        """Re-express the stored statistics for h/new_scale (exact: the factor is 2^k)."""
+        if self.seen_max > 0.0 and new_scale != self.scale:
+            f = self.scale / new_scale
+            self.sums *= f
+            self.within_sq *= f * f
+            self.scatter *= f * f
+        self.scale = new_scale
+
+    def _grow_scale(self, m: float) -> None:
+        """Make the scale cover a batch whose max|h| is m (finite)."""
+        if m == 0.0:
+            return
+        new = _pow2_at_least(m)
+        if self.seen_max == 0.0 or new > self.scale:
+            self._rescale(new)
+        self.seen_max = max(self.seen_max, m)
 
     @property
     def n_samples(self) -> int:
@@ -264,7 +343,7 @@ class CollapseAccumulator:
     def class_means(self) -> np.ndarray:
         """μ_k = s_k / n_k as a float64 (K, d) numpy array; ValueError if a class is empty."""
         self._check_nonempty()
-        return (self.sums / self.counts[:, None]).cpu().numpy()
+        return (self.sums / self.counts[:, None]).cpu().numpy() * self.scale
 
     def _check_nonempty(self) -> None:
         if not self._allocated or self.n_samples == 0:
@@ -286,6 +365,10 @@ class CollapseAccumulator:
             self._allocate(dev)
         x = _features(features, self.dim, self.device, cast=False)
         y = _labels(labels, x.shape[0], self.num_classes, self.device)
+        m = _max_abs(x)
+        if not math.isfinite(m):  # checked before anything changes: the update is all-or-nothing
+            raise ValueError("features contain NaN or inf")
+        self._grow_scale(m)
         step = self.chunk_rows
         names = ("counts", "sums", "within_sq", "scatter", "cos_sum")
         saved = {k: getattr(self, k).clone() for k in names} if x.shape[0] > step else None
@@ -322,7 +405,7 @@ class CollapseAccumulator:
         c = x.shape[0]
         if c == 0:
             return
-        K, d, dev = self.num_classes, self.dim, self.device
+        K, d, dev, s = self.num_classes, self.dim, self.device, self.scale
         h, g = self._buffers(c)
         cnt = torch.bincount(y, minlength=K).to(_F64)
         ref = self.sums / self.counts.clamp(min=1.0)[:, None]
@@ -332,10 +415,13 @@ class CollapseAccumulator:
                 0, y, torch.arange(c, device=dev), reduce="amin"
             )
             idx = torch.nonzero(unseen).flatten()
-            ref[idx] = x[first[idx]].to(_F64)
+            ref[idx] = x[first[idx]].to(_F64) / s
         torch.index_select(ref, 0, y, out=g)
-        # h' = h − r_y in float64 (copy_ then sub_: torch's mixed-dtype sub is ~4x slower)
-        h.copy_(x).sub_(g)
+        # h' = h/s − r_y in float64 (copy_ then sub_: torch's mixed-dtype sub is ~4x slower)
+        h.copy_(x)
+        if s != 1.0:
+            h.div_(s)  # exact: s is a power of two
+        h.sub_(g)
         s1 = torch.zeros(K, d, dtype=_F64, device=dev).index_add_(0, y, h)
         _check_finite(s1, "features")  # NaN/±inf anywhere in the chunk reaches a class sum
         sq = torch.linalg.vector_norm(h, dim=1).square_()
@@ -355,9 +441,13 @@ class CollapseAccumulator:
         self.within_sq += (q1 - gamma * (m1 * m1).sum(dim=1)).clamp(min=0.0)
         self.sums += s1 + cnt[:, None] * ref
         self.counts += cnt
-        if self.W is not None:  # cos(h_i, w_{y_i}) for nc3 on the unshifted rows
-            g.add_(h)  # g = r_y + h' = h (float64)
-            torch.index_select(self.W, 0, y, out=h)  # h is free now: the scatter is done
+        if self._Wu is not None:  # cos(h_i, w_{y_i}) for nc3 on the unshifted rows
+            # g = h/s from the input itself (cosines depend neither on s nor on u): rebuilding it
+            # as r_y + h' would lose every digit of a row much shorter than its class reference
+            g.copy_(x)
+            if s != 1.0:
+                g.div_(s)
+            torch.index_select(self._Wu, 0, y, out=h)  # h is free now: the scatter is done
             denom = torch.linalg.vector_norm(g, dim=1) * torch.linalg.vector_norm(h, dim=1)
             dots = h.mul_(g).sum(dim=1)
             # cos := 0 where a vector is zero (undefined direction)
@@ -410,7 +500,7 @@ class CollapseAccumulator:
         dev = self.device
         if self.n_samples == 0 and self.W is None and self.cos_count == 0 and other.W is not None:
             # an empty accumulator adopts the classifier of the first one merged into it
-            self.W, self.b = other.W.to(dev), None if other.b is None else other.b.to(dev)
+            self._set_classifier(other.W.to(dev), None if other.b is None else other.b.to(dev))
         if self.ncm_means is None and self.ncm_count == 0 and other.ncm_means is not None:
             self.ncm_means = other.ncm_means.to(dev)  # likewise the nearest-class-mean reference
         if other.ncm_means is None and other.ncm_count == 0 and self.ncm_means is not None:
@@ -424,11 +514,18 @@ class CollapseAccumulator:
                 mine is not None and not torch.equal(mine, theirs.to(dev))
             ):
                 raise ValueError(f"cannot merge accumulators built with different {name}")
+        # bring both to the larger scale (power-of-two factors: exact)
+        f = 1.0
+        if other.seen_max > 0.0:
+            if self.seen_max == 0.0 or other.scale > self.scale:
+                self._rescale(other.scale)
+            f = other.scale / self.scale
+            self.seen_max = max(self.seen_max, other.seen_max)
         self._combine(
             other.counts.to(dev),
-            other.sums.to(dev),
-            other.within_sq.to(dev),
-            scatter=other.scatter.to(dev),
+            other.sums.to(dev) * f,
+            other.within_sq.to(dev) * (f * f),
+            scatter=other.scatter.to(dev) * (f * f),
         )
         self.cos_sum += other.cos_sum.to(dev)
         self.cos_count += other.cos_count
@@ -468,22 +565,31 @@ class CollapseAccumulator:
             raise ValueError("nc4 needs the classifier: construct the accumulator with W (and b)")
         x = _features(features, self.dim, self.device, cast=False)
         _labels(labels, x.shape[0], self.num_classes, self.device)  # validates the batch
-        K, mu = self.num_classes, self.ncm_means
+        m = _max_abs(x)
+        if not math.isfinite(m):
+            raise ValueError("features contain NaN or inf")
+        # both rules are invariant to h, μ ↦ h/t, μ/t and (W, b) ↦ (W/u, b/u) (t, u > 0): take t a
+        # power of two ≥ max(|h|, |μ|) so that the squares below stay in range at any scale
+        m = max(m, float(self.ncm_means.abs().max()))
+        t = _pow2_at_least(m) if m > 0 else 1.0
+        K, mu = self.num_classes, self.ncm_means / t
         # argmin ‖h − μ_k‖² = argmax (h·μ_k − ½‖μ_k‖²): logits and scores from one matmul
-        Wmu = torch.cat([self.W, mu]).T.contiguous()
+        Wmu = torch.cat([self._Wu, mu]).T.contiguous()
         half_sq = 0.5 * (mu * mu).sum(dim=1)
+        bias = None if self._bu is None else self._bu / t
         agree = torch.zeros((), dtype=torch.int64, device=self.device)
         for i in range(0, x.shape[0], self.chunk_rows):
             h, _ = self._buffers(min(self.chunk_rows, x.shape[0] - i))
             h.copy_(x[i : i + self.chunk_rows])  # float64, chunk by chunk like update()
-            _check_finite(h.sum(dim=0), "features")
+            if t != 1.0:
+                h.div_(t)
             if h.device.type == "cpu":  # numpy's BLAS: faster here, see _update_chunk
                 both = torch.from_numpy(h.numpy() @ Wmu.numpy())
             else:
                 both = h @ Wmu
             logits, score = both[:, :K], both[:, K:] - half_sq
-            if self.b is not None:
-                logits = logits + self.b
+            if bias is not None:
+                logits = logits + bias
             agree += (logits.argmax(dim=1) == score.argmax(dim=1)).sum()
         self.ncm_agree += int(agree.item())
         self.ncm_count += x.shape[0]
@@ -491,7 +597,7 @@ class CollapseAccumulator:
 
     # -- metrics -----------------------------------------------------------------------------------
     def compute(self, W: Any = None, b: Any = None) -> dict[str, float]:
-        """All metrics as floats (SPEC §6).
+        """All metrics as floats (THEORY §6).
 
         W, b: the classifier; if the accumulator was built with W, omit them (or pass the same).
         nc3 is NaN unless W was given at construction (per-sample cosines are summed in the pass);
@@ -525,16 +631,23 @@ class CollapseAccumulator:
         N = float(n.sum())
         if K > N:
             raise ValueError(f"more classes (K = {K}) than samples (N = {int(N)})")
+        # everything below is in units of self.scale (h/s), and W is divided by a power of two:
+        # each metric is a scale-free ratio, only the two traces are converted back
+        s = self.scale
         mu = (self.sums / self.counts[:, None]).cpu().numpy()
         mu_g = (n @ mu) / N if self.global_mean == "sample" else mu.mean(axis=0)
         Mbar = mu - mu_g
         Sw = self.scatter.cpu().numpy() / N
         q = self.within_sq.cpu().numpy()
-        W_np = Wt.cpu().numpy()
+        W_np = _unit_scale(Wt.cpu().numpy())
 
         tr_w = float(q.sum() / N)  # = tr Σ_W, from the per-class traces (exact, non-negative)
         tr_b = float((Mbar * Mbar).sum() / K)
-        out: dict[str, float] = {"n_samples": N, "tr_sigma_w": tr_w, "tr_sigma_b": tr_b}
+        out: dict[str, float] = {
+            "n_samples": N,
+            "tr_sigma_w": tr_w * s * s,  # in the input's units (inf/0 only if out of range)
+            "tr_sigma_b": tr_b * s * s,
+        }
         out["nc1"] = tr_w / tr_b if tr_b > 0 else math.inf
         out["nc1_papyan"] = _nc1_papyan(Sw, Mbar, K)
 
@@ -576,9 +689,9 @@ class CollapseAccumulator:
                 raise ValueError(
                     f"the nearest-class-mean pass saw {self.ncm_count} samples, pass 1 saw {int(N)}"
                 )
-            ref = self.ncm_means.cpu().numpy()
-            scale = max(1.0, float(np.abs(mu).max()))
-            if not np.allclose(ref, mu, rtol=0.0, atol=1e-9 * scale):
+            ref = self.ncm_means.cpu().numpy() / s
+            # |h/s| ≤ 1: an absolute 1e-9 is 1e-9 of the largest feature entry, at any scale
+            if not np.allclose(ref, mu, rtol=0.0, atol=1e-9):
                 raise ValueError("nc4 was measured against class means that differ from the data's")
             out["nc4_agreement"] = self.ncm_agree / N
         out["nc4"] = 1.0 - out["nc4_agreement"]
@@ -589,6 +702,15 @@ class CollapseAccumulator:
         state = self.__dict__.copy()
         state["_buf"] = None  # scratch buffers are not state (and are tens of MiB)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "scale" not in state and state.get("_allocated"):
+            # pickled before the internal scale existed: unscaled statistics
+            self.scale = 1.0
+            self.seen_max = 1.0 if self.n_samples else 0.0
+        if "_Wu" not in state:
+            self._set_classifier(self.W, self.b)
 
     def state_dict(self) -> dict[str, Any]:
         """CPU numpy state, picklable; rebuild with :meth:`from_state_dict` and :meth:`merge`."""
@@ -606,6 +728,8 @@ class CollapseAccumulator:
             "cos_count": self.cos_count,
             "ncm_agree": self.ncm_agree,
             "ncm_count": self.ncm_count,
+            "scale": self.scale,  # sums, within_sq and scatter are for h / scale
+            "seen_max": self.seen_max,
         }
         for key, val in (("W", self.W), ("b", self.b), ("ncm_means", self.ncm_means)):
             st[key] = None if val is None else val.cpu().numpy()
@@ -632,6 +756,9 @@ class CollapseAccumulator:
         if state["ncm_means"] is not None:
             acc.ncm_means = torch.as_tensor(state["ncm_means"], dtype=_F64, device=dev)
         acc.ncm_agree, acc.ncm_count = int(state["ncm_agree"]), int(state["ncm_count"])
+        # states written before the internal scale existed hold unscaled statistics
+        acc.scale = float(state.get("scale", 1.0))
+        acc.seen_max = float(state.get("seen_max", 1.0 if acc.n_samples else 0.0))
         return acc
 
 

@@ -52,9 +52,11 @@ class Preset:
     verdict_metrics: tuple[str, ...] = ("objective_gap", "nc1", "nc3")
 
 
-#: L-BFGS iterations per CPU run: at width 64, N = 1,000 this reaches the stationarity criteria
-#: at every depth of the main job (THEORY §9; measured, see README)
+#: L-BFGS iterations per CPU run, and the window tolerance the CPU presets judge them by: J may
+#: still fall by < 0.5% over the final 10% of the iterations (THEORY §9). Measured on the main job
+#: (docs/RESULTS.md): every depth ≥ 3 meets it at this budget; depth 2 needs about twice as many.
 CPU_ITERS = 1000
+CPU_REL_TOL = 5e-3
 
 _CPU: dict[str, Any] = {
     "width": 64,
@@ -65,6 +67,8 @@ _CPU: dict[str, Any] = {
     "optimizer": "lbfgs",
     "epochs": CPU_ITERS,
     "init": "continuation",
+    "rel_tol": CPU_REL_TOL,
+    "grad_tol": 0.02,
     "eval_every": 50,
     "checkpoint_every": 250,
     "device": "auto",
@@ -105,34 +109,29 @@ def _paper(name: str, description: str, config: dict[str, Any], **kw: Any) -> tu
     return _mk(name, description, config, **kw)
 
 
-def _cpu_resnets(tag: str, dataset: str, label: str, rn2: bool = True) -> list[tuple[str, Preset]]:
+def _cpu_resnets(tag: str, dataset: str, label: str) -> list[tuple[str, Preset]]:
     """The CPU ResNet presets of a dataset: L-RN1, and L-RN2 with λ/L and the constant-λ control."""
     base = {**_CPU, "dataset": dataset}
-    out = [
+    return [
         _mk(
             f"cpu-rn1-{tag}",
             f"L-RN1, {label} 100/class, λ=0.005, L-BFGS {CPU_ITERS} it., depth continuation",
             {**base, "arch": "rn1"},
-        )
+        ),
+        _mk(
+            f"cpu-rn2-{tag}",
+            f"L-RN2, {label} 100/class, λ(L)=0.005/L, L-BFGS, depth continuation",
+            {**base, "arch": "rn2", "lam_schedule": "inverse_depth"},
+            metrics=_REL_GAP_METRICS,
+            verdict_metrics=_REL_GAP_VERDICT,
+        ),
+        _mk(
+            f"cpu-rn2-const-{tag}",
+            f"Control: L-RN2, {label} 100/class, constant λ=0.005 (should NOT improve with depth)",
+            {**base, "arch": "rn2"},
+            expect="flat",
+        ),
     ]
-    if rn2:
-        out += [
-            _mk(
-                f"cpu-rn2-{tag}",
-                f"L-RN2, {label} 100/class, λ(L)=0.005/L, L-BFGS, depth continuation",
-                {**base, "arch": "rn2", "lam_schedule": "inverse_depth"},
-                metrics=_REL_GAP_METRICS,
-                verdict_metrics=_REL_GAP_VERDICT,
-            ),
-            _mk(
-                f"cpu-rn2-const-{tag}",
-                f"Control: L-RN2, {label} 100/class, constant λ=0.005 (should NOT improve with "
-                "depth)",
-                {**base, "arch": "rn2"},
-                expect="flat",
-            ),
-        ]
-    return out
 
 
 PRESETS: dict[str, Preset] = dict(
@@ -190,23 +189,32 @@ PRESETS: dict[str, Preset] = dict(
         # ---- CPU presets: converged (L-BFGS + continuation) on 2 cores -------------------
         *_cpu_resnets("mnist1d", "mnist1d", "MNIST-1D"),
         *_cpu_resnets("mnist", "mnist", "MNIST"),
-        *_cpu_resnets("fashion", "fashion-mnist", "Fashion-MNIST (CIFAR-10 stand-in)", rn2=False),
+        _mk(
+            "cpu-rn1-mnist1d-mse",
+            "L-RN1, MNIST-1D 100/class, MSE loss without bias (the optimum is an orthogonal "
+            "frame, not a simplex ETF), λ=0.005, L-BFGS, depth continuation",
+            {**_CPU, "arch": "rn1", "dataset": "mnist1d", "loss": "mse", "bias": False},
+            metrics=("nc1", "nc2_ufm", "nc3_ufm", "objective_gap"),
+            verdict_metrics=("objective_gap", "nc1", "nc3_ufm"),
+            notes="NC2/NC3 are measured against the UFM optimum's own geometry (nc2_ufm, "
+            "nc3_ufm): against the simplex ETF the exact optimum would read nc2 ≈ 0.32.",
+        ),
         _mk(
             "cpu-t11-fashion",
-            "L-T11 (post-LN, CLS), Fashion-MNIST 50/class as four 14x14 patches, λ=0.005, "
+            "L-T11 (post-LN, CLS), Fashion-MNIST 30/class as four 14x14 patches, λ=0.005, "
             "L-BFGS, depth continuation",
             {
                 **_CPU,
                 "arch": "t11",
                 "dataset": "fashion-mnist",
-                "n_per_class": 50,
+                "n_per_class": 30,
                 "test_per_class": 50,
                 "patch_size": 14,
             },
             depths=(0, 1, 2, 3, 5, 8),
             seeds=(0, 1, 2),
-            notes="Scaled to the 2-core machine: 4 patches instead of 16 (attention cost), "
-            "depths up to 8.",
+            notes="Scaled to the 2-core machine: 30 images per class, 4 patches instead of 16 "
+            "(attention cost), depths up to 8.",
         ),
         _mk(
             "cpu-t11pre-snownlp",

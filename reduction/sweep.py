@@ -248,7 +248,7 @@ def run_unit(
     overrides: Mapping[str, Any],
     progress: bool = False,
     trainer: Callable[..., RunResult] = train,
-    init_from: Path | None = None,
+    init_from: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Train and measure one (depth, seed) unit unless it is finished. Returns (row, trained).
 
@@ -391,6 +391,11 @@ def run_sweep(
     progress: bool = True,
     data: Dataset | None = None,
     trainer: Callable[..., RunResult] = train,
+    workers: int | None = None,
+    backend: str = "local",
+    address: str | None = None,
+    gpus_per_unit: float | None = None,
+    batch_seeds: bool | None = None,
 ) -> SweepResult:
     """Run (or resume) a depth sweep and write its table, summary, rates, verdict and figure.
 
@@ -401,46 +406,165 @@ def run_sweep(
         overrides: RunConfig fields to change for every run (e.g. ``{"epochs": 200}``), and
             ``data_seed`` (int, or ``"per_seed"``).
         budget_check: rerun the extreme depths of the first seed with twice the budget.
-        progress: show a progress bar over runs (and a per-run bar inside).
+        progress: show a progress bar over runs (and, with one worker, a per-run bar inside).
         data: an already loaded dataset to use instead of loading the preset's.
         trainer: the training function (tests inject a failing one to check resumption).
+        workers: processes running units side by side, each single-threaded (None = one per
+            core). Continuation chains (the depths of one seed) run in order; seeds in parallel.
+        backend: "local" (this machine) or "ray" (a Ray cluster at ``address``, or a local
+            ``ray.init()`` without one), with ``gpus_per_unit`` GPUs per unit (fractions allowed;
+            None = 0.25 when the cluster has GPUs, else 0).
+        batch_seeds: train the fresh units of one depth, all seeds at once, as one batched
+            model (torch.func; first-order optimizers only). None = on when a GPU is present
+            and the optimizer allows it. Runs in this process, depth after depth.
     """
     from tqdm.auto import tqdm
 
+    from reduction.execute import Context, Job, make_executor
     from reduction.report import report
 
     preset = resolve_preset(preset, depths, seeds)
     overrides = dict(overrides or {})
     validate_sweep(preset, overrides)
+    batched = _want_batched(preset, overrides, batch_seeds)
+    executor = make_executor(backend, 1 if batched else workers, address, gpus_per_unit)
     do_budget = preset.budget_check if budget_check is None else budget_check
     out = Path(out_dir) if out_dir is not None else Path("results") / preset.name
     spec = {"preset": asdict(preset), "overrides": overrides}
     with sweep_lock(out):
         _check_same_sweep(out, spec)
         write_json(out / "sweep.json", spec)
-        datasets = _DataCache(preset, overrides, data)
+        if _continuation(preset, overrides):
+            jobs = [Job("chain", s, preset.depths) for s in preset.seeds]
+        else:  # independent units, deepest first so that the slowest start early
+            jobs = [
+                Job("chain", s, (d,))
+                for d in sorted(preset.depths, reverse=True)
+                for s in preset.seeds
+            ]
+        first_seed = preset.seeds[0]
+        waiting = {j for j in jobs if j.seed == first_seed}
+        budget_jobs = [Job("budget", first_seed, (d,)) for d in budget_depths(preset)]
+        n_units = len(preset.depths) * len(preset.seeds) + (len(budget_jobs) if do_budget else 0)
+        bar = tqdm(total=n_units, desc=f"sweep {preset.name}", unit="run", disable=not progress)
         trained = 0
-        units = [(d, s) for s in preset.seeds for d in preset.depths]
-        bar = tqdm(total=len(units), desc=f"sweep {preset.name}", unit="run", disable=not progress)
-        for seed in preset.seeds:
-            for depth, did in _run_chain(
-                preset, seed, out, datasets.get(seed), overrides, progress, trainer
-            ):
-                trained += int(did)
-                bar.set_postfix_str(f"L={depth} seed={seed}")
-                bar.update(1)
-                # results.csv is rebuilt from the run folders after every unit
+        state = {"finished": -1}
+
+        def poll() -> None:
+            """Progress and results.csv from the run folders (cheap: reads row.json files)."""
+            finished = sum(
+                read_row(run_dir_of(out, d, s)) is not None
+                for s in preset.seeds
+                for d in preset.depths
+            )
+            if do_budget:
+                finished += sum(
+                    read_row(run_dir_of(out / "budget2x", d, first_seed)) is not None
+                    for d in budget_depths(preset)
+                )
+            if finished != state["finished"]:
+                state["finished"] = finished
+                bar.n = finished
+                bar.refresh()
                 report(out, preset=preset, tables_only=True)
+
+        def on_done(job: Job, result: list[tuple[int, int, bool]]) -> list[Job]:
+            nonlocal trained
+            if job.kind == "chain":
+                trained += sum(did for _, _, did in result)
+            waiting.discard(job)
+            if do_budget and job.kind == "chain" and job.seed == first_seed and not waiting:
+                return budget_jobs  # the 1x runs they extend are finished
+            return []
+
+        ctx = Context(preset, overrides, out, data, trainer, progress and executor.serial)
+        if batched:
+            trained += _run_batched(
+                preset, out, DataCache(preset, overrides, data), overrides, poll
+            )
+            jobs = budget_jobs if do_budget else []  # every unit is done
+        executor.run(jobs, ctx, on_done, poll)
+        poll()
         bar.close()
-        checks: list[dict[str, Any]] = []
-        if do_budget:
-            checks = budget_checks(preset, out, datasets, overrides, progress, trainer)
+        checks = budget_summary(preset, out, overrides) if do_budget else []
         result = report(out, preset=preset, budget_checks=checks)
     result.trained = trained
     return result
 
 
-class _DataCache:
+def _want_batched(preset: Preset, overrides: Mapping[str, Any], batch_seeds: bool | None) -> bool:
+    """Whether to batch seeds: on request (checked: one clear error when the config cannot be
+    batched), or by default on a GPU when it can."""
+    import torch
+
+    from deepnet.batched import check_batchable
+
+    configs = [make_run_config(preset, preset.depths[-1], s, overrides) for s in preset.seeds]
+    if batch_seeds is None:
+        if not torch.cuda.is_available() or len(configs) < 2:
+            return False
+        try:
+            check_batchable(configs)
+        except ValueError:
+            return False
+        return True
+    if batch_seeds:
+        check_batchable(configs)  # ValueError: e.g. L-BFGS needs a line search per seed
+    return bool(batch_seeds)
+
+
+def _run_batched(
+    preset: Preset,
+    out: Path,
+    datasets: DataCache,
+    overrides: Mapping[str, Any],
+    after: Callable[[], None],
+) -> int:
+    """Depth after depth, train every seed's fresh unit at once (deepnet.batched) and measure
+    each like any unit; units with a checkpoint (interrupted) resume one by one."""
+    from deepnet.batched import train_batched
+
+    chain = _continuation(preset, overrides)
+    trained = 0
+    source: dict[int, str | None] = {s: None for s in preset.seeds}
+    for depth in preset.depths:
+        fresh, configs = [], []
+        for seed in preset.seeds:
+            folder = run_dir_of(out, depth, seed)
+            row = read_row(folder)
+            if row is None or row.get("status") == "failed":
+                if not (folder / "checkpoint.pt").exists():
+                    fresh.append(seed)
+                    init = source[seed] if chain else None
+                    configs.append(make_run_config(preset, depth, seed, overrides, init))
+        results: dict[int, RunResult] = {}
+        if fresh:
+            data = datasets.get(fresh[0])
+            try:
+                done = train_batched(
+                    configs, data, run_dirs=[run_dir_of(out, depth, s) for s in fresh]
+                )
+                results = dict(zip(fresh, done))
+            except TrainingDivergedError:
+                results = {}  # one seed diverged: run them one by one to isolate it
+        for seed in preset.seeds:
+            pre = results.get(seed)
+
+            def trainer(config: RunConfig, pre: RunResult | None = pre, **kw: Any) -> RunResult:
+                return pre if pre is not None else train(config, **kw)
+
+            init = source[seed] if chain else None
+            row, did = run_unit(
+                preset, depth, seed, out, datasets.get(seed), overrides, False, trainer, init
+            )
+            trained += int(did)
+            if row.get("status") == "ok":
+                source[seed] = f"../{Path(row['run_dir']).name}"
+            after()
+    return trained
+
+
+class DataCache:
     """Datasets by subset seed, each loaded once."""
 
     def __init__(self, preset: Preset, overrides: Mapping[str, Any], data: Dataset | None):
@@ -460,7 +584,7 @@ def _continuation(preset: Preset, overrides: Mapping[str, Any]) -> bool:
     return {**preset.config, **overrides}.get("init") == "continuation"
 
 
-def _run_chain(
+def run_chain(
     preset: Preset,
     seed: int,
     out: Path,
@@ -472,61 +596,90 @@ def _run_chain(
     """Run the depths of one seed in increasing order; with continuation each starts from the
     deepest finished shallower unit of the chain. Yields (depth, trained) per unit."""
     chain = _continuation(preset, overrides)
-    source: Path | None = None
+    source: str | None = None
     for depth in preset.depths:
         row, did = run_unit(
             preset, depth, seed, out, data, overrides, progress, trainer, source if chain else None
         )
         if row.get("status") == "ok":
-            source = (out / row["run_dir"]).resolve()
+            # relative to the unit's own folder, so a sweep folder can move (or travel to a
+            # Ray worker) and its configs still point at the right runs
+            source = f"../{Path(row['run_dir']).name}"
         yield depth, did
 
 
-def budget_checks(
+def budget_depths(preset: Preset) -> list[int]:
+    """The depths rerun with twice the budget: the shallowest with blocks and the deepest (the
+    depth-0 baseline is a small smooth problem and is not rerun)."""
+    with_blocks = [d for d in preset.depths if d > 0] or list(preset.depths)
+    return sorted({min(with_blocks), max(with_blocks)})
+
+
+def _budget_overrides(preset: Preset, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    epochs = int({**preset.config, **overrides}.get("epochs", RunConfig().epochs))
+    return {**overrides, "epochs": 2 * epochs}
+
+
+def budget_unit(
     preset: Preset,
+    depth: int,
+    seed: int,
     out: Path,
-    datasets: _DataCache,
+    datasets: DataCache,
     overrides: Mapping[str, Any],
     progress: bool,
     trainer: Callable[..., RunResult],
-) -> list[dict[str, Any]]:
-    """Rerun the shallowest depth with blocks and the deepest (first seed) with twice the budget
-    (THEORY §9); the depth-0 baseline is a small smooth problem and is not rerun.
+) -> bool:
+    """Train the 2×-budget rerun of (depth, seed) under OUT/budget2x (THEORY §9).
 
     Schedule-free runs (L-BFGS, constant lr) are continued from their finished checkpoint (a run
-    with twice the budget is exactly the run continued); others are retrained from scratch. The
-    check passes when the rerun is converged by its own criteria and J moved by ≤ BUDGET_TOL.
-    Sign convention everywhere: rel_improvement_2x = (J_1x − J_2x)/|J_2x| > 0 when the larger
-    budget lowered J.
+    with twice the budget is exactly the run continued); others are retrained from scratch from
+    the same start. Returns whether anything was trained.
     """
-    from reduction.report import read_rows
-
-    seed = preset.seeds[0]
-    epochs = int({**preset.config, **overrides}.get("epochs", RunConfig().epochs))
-    rows = {(r["depth"], r["seed"]): r for r in read_rows(out)}
-    sub = replace(preset, name=preset.name + "-budget2x")
+    base = read_row(run_dir_of(out, depth, seed))
+    if base is None or base.get("status") != "ok":
+        return False
+    base_cfg = RunConfig.from_dict(base["config"])
     sub_out = out / "budget2x"
+    target = run_dir_of(sub_out, depth, seed)
+    src = out / base["run_dir"]
+    if base_cfg.schedule_free and not (target / "checkpoint.pt").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("checkpoint.pt", "config.json"):
+            shutil.copy2(src / name, target / name)
+    init_from = None
+    if base_cfg.init_from:  # the same start as the 1x unit, seen from the 2x unit's folder
+        init_from = os.path.relpath(src / base_cfg.init_from, target)
+    sub = replace(preset, name=preset.name + "-budget2x")
+    _, did = run_unit(
+        sub,
+        depth,
+        seed,
+        sub_out,
+        datasets.get(seed),
+        _budget_overrides(preset, overrides),
+        progress,
+        trainer,
+        init_from,
+    )
+    return did
+
+
+def budget_summary(preset: Preset, out: Path, overrides: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Compare each 2× rerun with its 1× run. The check passes when the rerun is converged by its
+    own criteria and J moved by ≤ BUDGET_TOL. Sign convention everywhere:
+    rel_improvement_2x = (J_1x − J_2x)/|J_2x| > 0 when the larger budget lowered J."""
+    seed = preset.seeds[0]
+    epochs = _budget_overrides(preset, overrides)["epochs"] // 2
     checks = []
-    with_blocks = [d for d in preset.depths if d > 0] or list(preset.depths)
-    for depth in sorted({min(with_blocks), max(with_blocks)}):
-        base = rows.get((depth, seed))
+    for depth in budget_depths(preset):
+        base = read_row(run_dir_of(out, depth, seed))
+        row = read_row(run_dir_of(out / "budget2x", depth, seed))
         if base is None or base.get("status") != "ok":
             continue
-        base_cfg = RunConfig.from_dict(base["config"])
-        target = run_dir_of(sub_out, depth, seed)
-        src = out / base["run_dir"]
-        if base_cfg.schedule_free and not (target / "checkpoint.pt").exists():
-            target.mkdir(parents=True, exist_ok=True)
-            for name in ("checkpoint.pt", "config.json"):
-                shutil.copy2(src / name, target / name)
-        init_from = Path(base_cfg.init_from) if base_cfg.init_from else None
-        # the 2x unit keeps the 1x unit's config (init_from included); only epochs doubles
-        sub_over = {**overrides, "epochs": 2 * epochs}
-        row, _ = run_unit(
-            sub, depth, seed, sub_out, datasets.get(seed), sub_over, progress, trainer, init_from
-        )
-        if row.get("status") != "ok":
-            checks.append({"depth": depth, "seed": seed, "status": row.get("status"), "ok": False})
+        if row is None or row.get("status") != "ok":
+            status = "missing" if row is None else row.get("status")
+            checks.append({"depth": depth, "seed": seed, "status": status, "ok": False})
             continue
         rel = (base["objective"] - row["objective"]) / abs(row["objective"])
         checks.append(

@@ -290,3 +290,16 @@ def test_continuation_errors(tmp_path):
         )
     back = load_result(src)
     assert back.config.depth == 2 and back.stationarity["window"] == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_training_on_cuda_matches_cpu(tmp_path, optimizer):
+    data = _data()
+    kw = dict(optimizer=optimizer, epochs=20, dtype="float64", lr=1e-2)
+    cpu = train(_cfg(**kw), data=data, progress=False)
+    gpu = train(_cfg(**kw, device="cuda"), data=data, run_dir=tmp_path, progress=False)
+    assert gpu.device.startswith("cuda") and gpu.provenance["device"].startswith("cuda")
+    assert gpu.objective == pytest.approx(cpu.objective, rel=1e-6)
+    back = train(_cfg(**kw, device="cuda"), data=data, run_dir=tmp_path, progress=False)
+    assert back.objective == gpu.objective  # a finished run reloads on the GPU

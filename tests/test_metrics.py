@@ -473,3 +473,92 @@ def test_bad_input_messages():
         collapse_metrics(H, y, W, b[:2])
     with pytest.raises(ValueError, match="merge"):
         CollapseAccumulator(4, 6).merge(CollapseAccumulator(3, 6))
+
+
+# ------------------------------------------------------------------------------------------------
+# feature scale (internal normalisation)
+
+SCALE_FREE = [k for k in KEYS if k not in ("tr_sigma_w", "tr_sigma_b")]
+
+
+@pytest.mark.parametrize("c", [1e160, 1e-160, 1e300, 1e-300])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_extreme_feature_scales_give_the_same_metrics(c, with_bias):
+    # h ↦ c·h (with b ↦ c·b, so the classifier's decisions are unchanged) leaves every NC metric
+    # unchanged; before the internal normalisation 1e160 overflowed (nc1 = NaN, wrong nc4) and
+    # 1e-160 underflowed
+    rng = np.random.default_rng(20)
+    H, y, W, b = random_problem(rng, K=5, d=7, n=(30, 11, 25, 4, 17), offset=3.0)
+    b = b if with_bias else None
+    ref = collapse_metrics(H, y, W, b)
+    got = collapse_metrics(H * c, y, W, None if b is None else b * c)
+    assert_metrics_close(got, ref, rtol=1e-12, atol=1e-14, keys=SCALE_FREE)
+    assert 0 < ref["nc4"] < 1 and got["nc4"] == ref["nc4"]  # a nontrivial decision count
+    assert all(math.isfinite(got[k]) for k in SCALE_FREE)
+    # the traces are reported in the input's units: c²·tr, or inf/0 where that leaves float64
+    # (c = 1e-160 lands among the subnormals, which hold only a few digits)
+    want = ref["tr_sigma_w"] * c * c
+    if want in (0.0, math.inf):
+        assert got["tr_sigma_w"] == want
+    else:
+        assert got["tr_sigma_w"] == pytest.approx(want, rel=1e-2, abs=0.0)
+    # a classifier at an extreme scale too (decisions again unchanged with b ↦ c·w·b)
+    w = 1e-150 if c > 1 else 1e150
+    got2 = collapse_metrics(H * c, y, W * w, None if b is None else b * c * w)
+    assert_metrics_close(got2, ref, rtol=1e-12, atol=1e-14, keys=SCALE_FREE)
+
+
+def test_power_of_two_scale_is_bitwise_identical():
+    # the internal scale is a power of two, so dividing by it is exact: 2^k·H gives the very same
+    # floating-point results (traces exactly 4^k times larger)
+    rng = np.random.default_rng(21)
+    H, y, W, b = random_problem(rng)
+    ref = collapse_metrics(H, y, W, b)
+    for k in (-600, 300):
+        got = collapse_metrics(H * 2.0**k, y, W, b * 2.0**k)
+        for key in SCALE_FREE:
+            assert got[key] == ref[key], key
+        assert got["tr_sigma_b"] == ref["tr_sigma_b"] * 4.0**k
+
+
+def test_streaming_scale_grows_and_merges_across_scales():
+    # batches arrive in increasing magnitude (the internal scale is raised, and the statistics
+    # rescaled, several times); partial accumulators with different scales are merged; a state
+    # dict keeps the scale
+    rng = np.random.default_rng(22)
+    H, y, W, b = random_problem(rng, K=4, d=5, n=(20, 15, 9, 30))
+    H = H * np.exp(rng.uniform(-30, 30, size=(len(y), 1)))  # rows spread over 26 decades
+    c = 1e150
+    ref = collapse_metrics(H, y, W, b)
+    order = np.argsort(np.abs(H).max(axis=1))
+    acc = CollapseAccumulator(4, 5, W=W, b=b * c)
+    for idx in np.array_split(order, 6):
+        acc.update(H[idx] * c, y[idx])
+    acc.set_class_means().update_ncm(H * c, y)
+    assert_metrics_close(acc.compute(), ref, rtol=1e-9, atol=1e-12, keys=SCALE_FREE)
+    np.testing.assert_allclose(
+        acc.class_means() / c,
+        np.stack([H[y == k].mean(axis=0) for k in range(4)]),
+        rtol=1e-9,
+        atol=1e-300,
+    )
+    small, large = order[: len(y) // 2], order[len(y) // 2 :]
+    parts = [CollapseAccumulator(4, 5, W=W, b=b * c).update(H[i] * c, y[i]) for i in (small, large)]
+    assert parts[0].scale < parts[1].scale
+    revived = CollapseAccumulator.from_state_dict(pickle.loads(pickle.dumps(parts[0].state_dict())))
+    assert revived.scale == parts[0].scale
+    total = revived.merge(parts[1])
+    total.set_class_means().update_ncm(H * c, y)
+    assert_metrics_close(total.compute(), ref, rtol=1e-9, atol=1e-12, keys=SCALE_FREE)
+
+
+def test_zero_batches_then_tiny_features():
+    # an all-zero first batch must not pin the scale at 1 (1e-200 features would underflow)
+    rng = np.random.default_rng(23)
+    H, y, W, _ = random_problem(rng)
+    Z = np.zeros((3, 6))
+    Hz, yz = np.vstack([Z, H]), np.r_[y[:3], y]
+    ref = collapse_metrics(Hz, yz, W)
+    acc = CollapseAccumulator(4, 6, W=W).update(Z, y[:3]).update(H * 1e-200, y)
+    acc.set_class_means().update_ncm(Hz * 1e-200, yz)
+    assert_metrics_close(acc.compute(), ref, rtol=1e-12, atol=1e-14, keys=SCALE_FREE)
