@@ -44,7 +44,7 @@ def _overrides(items: Sequence[str], args: argparse.Namespace) -> dict[str, Any]
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"error: --set expects KEY=VALUE, got {item!r}")
+            raise CliError(f"--set expects KEY=VALUE, got {item!r}")
         out[key.strip().replace("-", "_")] = _parse_value(value)
     for name in ("epochs", "lr", "device", "data_root", "n_per_class"):
         value = getattr(args, name, None)
@@ -161,9 +161,23 @@ def print_summary(result: Any, file: Any = sys.stdout) -> None:
         print(f"{key:>8}: {result.paths[key]}", file=file)
 
 
+class CliError(Exception):
+    """A user error: printed as one ``error: …`` line, exit status 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports errors as one line (no usage block)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CliError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reduction", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    from reduction import __version__
+
+    p = ArgumentParser(prog="python -m reduction", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"deepcollapse {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     s = sub.add_parser("sweep", help="run or resume a depth sweep")
     s.add_argument("--preset", required=True, help="preset name (see `presets`)")
@@ -229,7 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except CliError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.command == "measure":
         from reduction.measure import run_measure
 
@@ -265,8 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 gpus_per_unit=args.gpus_per_unit,
                 batch_seeds=args.batch_seeds,
             )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, CliError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an unwritable --out, a full disk: one line, nothing lost
+        print(f"error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     print_summary(result)
     return 0

@@ -174,7 +174,7 @@ class PoolExecutor(Executor):
                         pending[pool.submit(run_job, nxt, ctx)] = nxt
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
-            for proc in list(getattr(pool, "_processes", {}).values()):
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
                 with contextlib.suppress(Exception):
                     proc.kill()
             raise

@@ -41,6 +41,9 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "classifier_gap",
     "classifier_rel_gap",
     "body_penalty",
+    "body_bound",
+    "body_bound_ratio",
+    "path_length",
     "grad_norm",
     "train_acc",
     "test_acc",
@@ -177,6 +180,8 @@ def report(
         "json": out / "summary.json",
         "png": out / "figure.png",
         "pdf": out / "figure.pdf",
+        "layers_png": out / "figure_layers.png",
+        "history_png": out / "figure_history.png",
     }
     _write_csv(paths["results"], table_rows(rows))
     ok = [r for r in rows if _ok(r)]
@@ -227,6 +232,7 @@ def report(
                 paths[key],
                 lambda fh, fmt=key: fig.savefig(fh, format=fmt, dpi=150, bbox_inches="tight"),
             )
+    _extra_figures(out, ok, paths)
     return SweepResult(
         out_dir=out,
         preset=preset,
@@ -238,6 +244,44 @@ def report(
         verdict=verdict,
         paths=paths,
     )
+
+
+def _save_png(path: Path, fig: Any) -> None:
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=150, bbox_inches="tight"))
+
+
+def _extra_figures(out: Path, rows: Sequence[Mapping[str, Any]], paths: dict[str, Path]) -> None:
+    """Progressive collapse (NC1 against l/L, one curve per depth) from each run's
+    profile.json, and collapse over training (train and test NC1, NC3) of the deepest run of the
+    first seed, from its history."""
+    from reduction.plots import plot_history, plot_layer_profile
+
+    profiles = []
+    for r in rows:
+        path = out / r["run_dir"] / "profile.json"
+        if path.exists():
+            for layer in json.loads(path.read_text()):
+                profiles.append({"depth": r["depth"], "seed": r["seed"], **layer})
+    if profiles:
+        _save_png(paths["layers_png"], plot_layer_profile(profiles, "nc1"))
+    seed = min(r["seed"] for r in rows)
+    deepest = max((r for r in rows if r["seed"] == seed), key=lambda r: r["depth"])
+    metrics_file = out / deepest["run_dir"] / "metrics.json"
+    if metrics_file.exists():
+        history = json.loads(metrics_file.read_text()).get("history", [])
+        points = []
+        for h in history:
+            for split in ("train", "test"):
+                if f"nc1_{split}" in h:
+                    points.append(
+                        {"epoch": h["epoch"], "split": split, "nc1": h[f"nc1_{split}"],
+                         "nc3": h[f"nc3_{split}"]}
+                    )  # fmt: skip
+        if points:
+            fig = plot_history(
+                points, ("nc1", "nc3"), title=f"depth {deepest['depth']}, seed {seed}"
+            )
+            _save_png(paths["history_png"], fig)
 
 
 def _title(preset: Preset, rows: Sequence[Mapping[str, Any]]) -> str:

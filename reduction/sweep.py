@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 import ufm
 from deepnet import (
@@ -129,8 +130,11 @@ def ufm_problem_for(config: RunConfig, labels: np.ndarray, num_classes: int) -> 
     )
 
 
-def measure_run(result: RunResult, num_classes: int) -> dict[str, Any]:
-    """Collapse metrics, distance to the UFM optimum and stationarity of one run, flat."""
+def measure_run(
+    result: RunResult, num_classes: int, data: Dataset | None = None, run_dir: Path | None = None
+) -> dict[str, Any]:
+    """Collapse metrics, distance to the UFM optimum and stationarity of one run, flat. With
+    ``data`` and the in-memory model, also the per-layer profile (saved to profile.json)."""
     cfg = result.config
     metrics = collapse_metrics(
         result.features, result.labels, result.W, result.b, num_classes=num_classes
@@ -170,6 +174,22 @@ def measure_run(result: RunResult, num_classes: int) -> dict[str, Any]:
         if key in dist:
             row[key] = float(dist[key])
     row.update({k: float(v) for k, v in metrics.items()})
+    model = getattr(result, "model", None)
+    if data is not None and model is not None:
+        from reduction.profile import layer_profile
+
+        dev = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        x = torch.as_tensor(
+            np.asarray(data.x_train), device=dev, dtype=torch.long if data.kind == "text" else dtype
+        )
+        y = torch.as_tensor(np.asarray(data.y_train), device=dev)
+        layers, path = layer_profile(
+            model, x, y, num_classes, cfg.effective_lam, cfg.arch, cfg.norm
+        )
+        row.update(path)
+        if run_dir is not None:
+            write_json(run_dir / "profile.json", layers)
     row.update(
         {
             "grad_norm": float(st["grad_norm"]),
@@ -188,6 +208,35 @@ def measure_run(result: RunResult, num_classes: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # one unit
 # --------------------------------------------------------------------------------------------
+
+
+def collapse_hook(data: Dataset) -> Callable[..., dict[str, float]]:
+    """An eval hook for deepnet.train: NC1 and NC3 on the training and the test features at
+    every evaluation point, kept in the run's history (collapse over training)."""
+
+    def hook(epoch: int, model: Any, ev: dict[str, Any]) -> dict[str, float]:
+        W = model.classifier.weight.detach()
+        b = model.classifier.bias
+        b = None if b is None else b.detach()
+        K = data.num_classes
+        out = {}
+        train_m = collapse_metrics(ev["features"], data.y_train, W, b, num_classes=K)
+        out.update(nc1_train=float(train_m["nc1"]), nc3_train=float(train_m["nc3"]))
+        if data.x_test is not None and len(data.x_test) and len(np.unique(data.y_test)) == K:
+            dev = W.device
+            dtype = torch.long if data.kind == "text" else W.dtype
+            with torch.no_grad():
+                was = model.training
+                model.eval()
+                h = model.features(
+                    torch.as_tensor(np.asarray(data.x_test), device=dev, dtype=dtype)
+                )
+                model.train(was)
+            test_m = collapse_metrics(h, data.y_test, W, b, num_classes=K)
+            out.update(nc1_test=float(test_m["nc1"]), nc3_test=float(test_m["nc3"]))
+        return out
+
+    return hook
 
 
 def run_dir_of(out_dir: Path, depth: int, seed: int) -> Path:
@@ -264,13 +313,18 @@ def run_unit(
         preset, depth, seed, overrides, None if init_from is None else str(init_from)
     )
     row = _base_row(preset, config, data)
+    hook = collapse_hook(data)
     try:
         try:
-            result = trainer(config, data=data, run_dir=run_dir, resume=True, progress=progress)
+            result = trainer(
+                config, data=data, run_dir=run_dir, resume=True, progress=progress, eval_hook=hook
+            )
         except CorruptCheckpointError:
             _quarantine(run_dir / "checkpoint.pt")
-            result = trainer(config, data=data, run_dir=run_dir, resume=True, progress=progress)
-        row.update(measure_run(result, data.num_classes))
+            result = trainer(
+                config, data=data, run_dir=run_dir, resume=True, progress=progress, eval_hook=hook
+            )
+        row.update(measure_run(result, data.num_classes, data, run_dir))
         row["status"] = "ok"
     except TrainingDivergedError as err:
         row.update(status="diverged", error=str(err))
@@ -411,6 +465,8 @@ def run_sweep(
         trainer: the training function (tests inject a failing one to check resumption).
         workers: processes running units side by side, each single-threaded (None = one per
             core). Continuation chains (the depths of one seed) run in order; seeds in parallel.
+            Workers are started with ``spawn``: a script that calls run_sweep with workers > 1
+            must do so under ``if __name__ == "__main__":`` (as for any multiprocessing).
         backend: "local" (this machine) or "ray" (a Ray cluster at ``address``, or a local
             ``ray.init()`` without one), with ``gpus_per_unit`` GPUs per unit (fractions allowed;
             None = 0.25 when the cluster has GPUs, else 0).
@@ -542,7 +598,10 @@ def _run_batched(
             data = datasets.get(fresh[0])
             try:
                 done = train_batched(
-                    configs, data, run_dirs=[run_dir_of(out, depth, s) for s in fresh]
+                    configs,
+                    data,
+                    run_dirs=[run_dir_of(out, depth, s) for s in fresh],
+                    eval_hook=collapse_hook(data),
                 )
                 results = dict(zip(fresh, done))
             except TrainingDivergedError:

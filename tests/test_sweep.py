@@ -385,3 +385,44 @@ def test_data_seed_picks_the_subset_and_is_recorded(tmp_path):
     assert sorted(r["data_seed"] for r in per.rows) == [0, 1]
     with pytest.raises(ValueError, match="data_seed"):
         run_sweep(TINY, tmp_path / "bad", overrides={"data_seed": "x"}, progress=False)
+
+
+def test_layer_profile_and_collapse_over_training(tiny_sweep):
+    """profile.json: one entry per layer; the last layer is the run's feature; the measured path
+    lower-bounds the body penalty (THEORY §10); the history holds train and test NC1/NC3."""
+    for r in tiny_sweep.rows:
+        layers = json.loads((tiny_sweep.out_dir / r["run_dir"] / "profile.json").read_text())
+        assert [x["layer"] for x in layers] == list(range(r["depth"] + 1))
+        assert layers[-1]["nc1"] == pytest.approx(r["nc1"], rel=1e-6)
+        assert layers[-1]["nc3"] == pytest.approx(r["nc3"], rel=1e-6)
+        if r["depth"]:
+            lam = r["lam_eff"]
+            body = lam / 2 * sum(x["block_sq_norm"] for x in layers[1:])
+            assert body == pytest.approx(r["body_penalty"], rel=1e-6)
+            assert r["body_bound_ratio"] >= 1.0
+            assert r["path_length"] >= r["path_distance"] - 1e-12  # triangle inequality
+        metrics = json.loads((tiny_sweep.out_dir / r["run_dir"] / "metrics.json").read_text())
+        last = metrics["history"][-1]
+        assert last["nc1_train"] == pytest.approx(r["nc1"], rel=1e-6)
+        assert {"nc1_test", "nc3_test"} <= set(last)
+    assert tiny_sweep.paths["layers_png"].exists() and tiny_sweep.paths["history_png"].exists()
+
+
+@pytest.mark.parametrize("arch", ["rn1", "rn2"])
+def test_path_bound_holds_for_large_random_blocks(arch):
+    """The bound is a theorem about any post-LN ResNet, trained or not: check it far from
+    training, with blocks that move the features a lot."""
+    from deepnet import RunConfig, build_model
+    from reduction.profile import layer_profile
+
+    data = load_dataset("digits", n_per_class=5, test_per_class=2)
+    torch.manual_seed(0)
+    model = build_model(RunConfig(arch=arch, depth=6, width=16), data).double()
+    with torch.no_grad():
+        for p in model.blocks.parameters():
+            p.mul_(3.0)
+    x = torch.as_tensor(data.x_train, dtype=torch.float64)
+    y = torch.as_tensor(data.y_train)
+    _, path = layer_profile(model, x, y, 10, 0.01, arch, "post")
+    assert path["body_bound_ratio"] >= 1.0
+    assert path["path_length"] > 0.5 * path["path_distance"] > 0
