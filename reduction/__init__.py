@@ -20,7 +20,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 _SWEEP_NAMES = {"run_sweep", "SweepResult", "ufm_problem_for"}
-_REPORT_NAMES = {"report", "read_rows", "monotone_certificate"}
+_REPORT_NAMES = {"report", "read_rows", "monotone_certificate", "load_results"}
 _PRESET_NAMES = {"PRESETS", "Preset", "get_preset"}
 
 
@@ -31,9 +31,9 @@ def __getattr__(name: str) -> object:
 
         return getattr(sweep, name)
     if name in _REPORT_NAMES:
-        from . import report
+        from . import aggregate
 
-        return getattr(report, name)
+        return getattr(aggregate, name)
     if name in _PRESET_NAMES:
         from . import presets
 
@@ -54,6 +54,7 @@ __all__ = [
     "distance_to_optimum",
     "fit_rate",
     "get_preset",
+    "load_results",
     "measure_features",
     "measure_npz",
     "monotone_certificate",

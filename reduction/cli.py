@@ -72,8 +72,10 @@ def _cell(m: Any, sd: Any) -> str:
 def print_summary(result: Any, file: Any = sys.stdout) -> None:
     """Per depth: mean ± std of J, the sandwich, NC1–NC3, ‖∇J‖ and the converged count; then
     the monotone certificate, the budget checks and the fitted rates."""
-    cols = ["objective", "objective_gap", "body_penalty", "nc1", "nc2", "nc3", "grad_norm"]
-    head = {"objective": "J_L", "objective_gap": "J_L − UFM*", "body_penalty": "body penalty"}
+    from reduction.registry import table_columns
+
+    cols = [name for name, _ in table_columns()]
+    head = dict(table_columns())
     print(f"\n{result.preset.name}: {len(result.rows)} runs -> {result.out_dir}", file=file)
     print(
         "depth  runs  conv  " + "  ".join(f"{head.get(c, c):>20}" for c in cols),
@@ -226,11 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
         "default: on when a GPU is present)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     r = sub.add_parser("report", help="re-aggregate a (partial) sweep folder")
     r.add_argument("out", help="sweep folder")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    sub.add_parser("presets", help="list the presets")
+    ps = sub.add_parser("presets", help="list the presets")
+    ps.add_argument("--json", action="store_true", help="print the presets as JSON")
 
     from reduction.measure import add_measure_arguments
 
@@ -255,6 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from reduction.presets import PRESETS
 
     if args.command == "presets":
+        if args.json:
+            from dataclasses import asdict
+
+            print(json.dumps({n: asdict(p) for n, p in PRESETS.items()}, indent=2))
+            return 0
         for name, preset in PRESETS.items():
             tag = "GPU" if preset.gpu_sized else "CPU"
             depths = ",".join(map(str, preset.depths))
@@ -262,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{'':<26} {preset.description}")
         return 0
 
-    from reduction.report import report
+    from reduction.aggregate import report
     from reduction.sweep import run_sweep
 
     try:
@@ -289,7 +299,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # an unwritable --out, a full disk: one line, nothing lost
         print(f"error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
-    print_summary(result)
+    if args.json:
+        from deepnet.io import json_default
+
+        payload = {
+            "out_dir": str(result.out_dir),
+            "preset": result.preset.name,
+            "n_runs": len(result.rows),
+            "summary": result.summary,
+            "rates": result.rates,
+            "verdict": result.verdict,
+            "monotone": result.monotone,
+            "budget_checks": result.budget_checks,
+            "paths": {k: str(v) for k, v in result.paths.items()},
+        }
+        print(json.dumps(payload, indent=2, default=json_default))
+    else:
+        print_summary(result)
     return 0
 
 

@@ -21,28 +21,11 @@ from .rates import (
     run_status,
     summarize_by_depth,
 )
+from .registry import labels
 
 __all__ = ["plot_depth", "plot_history", "plot_layer_profile"]
 
-_LABELS = {
-    "nc1": r"NC1  tr$\Sigma_W$/tr$\Sigma_B$",
-    "nc1_papyan": r"NC1  tr$(\Sigma_W\Sigma_B^+)/K$",
-    "cdnv": "CDNV",
-    "nc2": "NC2  (W vs ETF)",
-    "nc2_means": "NC2  (means vs ETF)",
-    "nc2_ortho": "NC2  (W vs orthogonal)",
-    "nc2_ufm": "NC2  (W vs UFM optimum)",
-    "nc3": r"NC3  1 − mean cos$(h_i, w_{y_i})$",
-    "nc3_ufm": "NC3  (vs UFM optimum)",
-    "nc3_papyan": "NC3 (Papyan)",
-    "nc4": "NC4  (1 − NCM agreement)",
-    "gap": r"objective gap $J_L - \mathrm{UFM}^*$",
-    "objective_gap": r"objective gap $J_L - \mathrm{UFM}^*$",
-    "objective_rel_gap": r"relative gap $(J_L - \mathrm{UFM}^*)/\mathrm{UFM}^*$",
-    "classifier_gap": r"fit + $\frac{\lambda}{2}\|W\|^2 - \mathrm{UFM}^*$",
-    "classifier_rel_gap": r"relative classifier gap",
-    "body_penalty": "body penalty",
-}
+_LABELS = {**labels(), "gap": labels()["objective_gap"]}
 
 BASELINE_LABEL = "no blocks (L = 0)"
 

@@ -6,7 +6,7 @@ Layout of a sweep folder ``OUT``::
     OUT/runs/L{depth}-s{seed}/config.json, metrics.json, checkpoint.pt, features.npz   (deepnet)
     OUT/runs/L{depth}-s{seed}/row.json   the finished unit: config + objective split + metrics
     OUT/budget2x/runs/...     the 2×-budget reruns of the extreme depths
-    OUT/results.csv, summary.csv, rates.csv, summary.json, figure.png/.pdf   (see report.py)
+    OUT/results.csv, summary.csv, rates.csv, summary.json, figure.png/.pdf   (see aggregate.py)
 
 A unit is finished exactly when its ``row.json`` exists (written atomically, last). A sweep that
 is killed and restarted skips finished units; an interrupted unit resumes from its checkpoint.
@@ -477,7 +477,7 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     from reduction.execute import Context, Job, make_executor
-    from reduction.report import report
+    from reduction.aggregate import report
 
     preset = resolve_preset(preset, depths, seeds)
     overrides = dict(overrides or {})

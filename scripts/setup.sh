@@ -46,7 +46,9 @@ echo "setup: installing Python packages into $VENV (first run takes a few minute
 # torch is pinned for this machine: the CPU wheel of 2.13.0 is on disk; an unpinned torch would
 # pull a multi-GB CUDA build. The package itself only asks torch>=2.1.
 "$VENV/bin/python" -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -m pip install -q -e ".[test]" "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+# PYTHONWARNINGS reaches the build backend: no setuptools warning boxes in the install log
+PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q -e ".[test]" "torch==2.13.0" 2>&1 \
+    | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import torch, ufm, deepnet, reduction" \
     || { echo "setup: FAILED: the package does not import after installation"; exit 1; }
 echo "$want" > "$STAMP"

@@ -20,45 +20,11 @@ from deepnet.io import atomic_write, json_default, write_json
 from reduction.plots import plot_depth
 from reduction.presets import Preset
 from reduction.rates import preset_verdict, rate_table, summarize_by_depth
+from reduction.registry import rate_metrics, summary_metrics
 
-#: metrics aggregated per depth (mean ± std over seeds)
-SUMMARY_METRICS: tuple[str, ...] = (
-    "nc1",
-    "nc1_papyan",
-    "cdnv",
-    "nc2",
-    "nc2_means",
-    "nc2_ufm",
-    "nc3",
-    "nc3_papyan",
-    "nc3_ufm",
-    "nc4",
-    "objective",
-    "j_upper",
-    "objective_gap",
-    "objective_rel_gap",
-    "objective_gap_per_lam",
-    "classifier_gap",
-    "classifier_rel_gap",
-    "body_penalty",
-    "body_bound",
-    "body_bound_ratio",
-    "path_length",
-    "grad_norm",
-    "train_acc",
-    "test_acc",
-)
-#: metrics whose log–log slope is fitted (strictly positive quantities that should shrink)
-RATE_METRICS: tuple[str, ...] = (
-    "nc1",
-    "nc2",
-    "nc2_ufm",
-    "nc3",
-    "nc3_ufm",
-    "objective_gap",
-    "objective_rel_gap",
-    "classifier_gap",
-)
+#: metrics aggregated per depth, and those fitted for a log–log rate (see reduction.registry)
+SUMMARY_METRICS: tuple[str, ...] = summary_metrics()
+RATE_METRICS: tuple[str, ...] = rate_metrics()
 #: J_L may exceed the best shallower J_{L'} by this relative amount (float rounding) before the
 #: monotone certificate flags the run as "not at the optimum" (THEORY §10)
 MONOTONE_TOL = 1e-6
@@ -199,7 +165,7 @@ def report(
         s["n_converged"] = sum(bool(r.get("converged")) for r in group)
     rates = rate_table(ok, [m for m in RATE_METRICS if m in ok[0]], converged_only=True)
     verdict = preset_verdict(rates, preset.expect, list(preset.verdict_metrics))
-    _write_csv(paths["summary"], summary)
+    _write_csv(paths["summary"], long_summary(summary, metrics))
     _write_csv(paths["rates"], rates)
     converged = sum(bool(r.get("converged")) for r in ok)
     write_json(
@@ -244,6 +210,36 @@ def report(
         verdict=verdict,
         paths=paths,
     )
+
+
+def long_summary(summary: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[dict]:
+    """The per-depth summary in long form: one row per (depth, metric, statistic), statistic in
+    n, mean, std (over seeds, ddof 1), min, max."""
+    out = []
+    for s in summary:
+        for m in metrics:
+            for stat in ("n", "mean", "std", "min", "max"):
+                key = f"{m}_{stat}"
+                if key in s:
+                    out.append(
+                        {"depth": s["depth"], "metric": m, "statistic": stat, "value": s[key]}
+                    )
+    return out
+
+
+def load_results(out_dir: str | os.PathLike[str], table: str = "results") -> Any:
+    """A sweep's table as a pandas DataFrame: ``"results"`` (one row per run), ``"summary"``
+    (long form: depth, metric, statistic, value; ``.pivot_table(index="depth",
+    columns=["metric", "statistic"], values="value")`` gives the wide view) or ``"rates"``."""
+    import pandas as pd
+
+    names = {"results": "results.csv", "summary": "summary.csv", "rates": "rates.csv"}
+    if table not in names:
+        raise ValueError(f"table must be one of {sorted(names)}, got {table!r}")
+    path = Path(out_dir) / names[table]
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run or report the sweep first")
+    return pd.read_csv(path)
 
 
 def _save_png(path: Path, fig: Any) -> None:
