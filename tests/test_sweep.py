@@ -17,7 +17,7 @@ import ufm
 from deepnet import train
 from deepnet.data import load_dataset
 from reduction.presets import PRESETS, Preset, get_preset
-from reduction.report import report
+from reduction.aggregate import report
 from reduction.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_sandwich_and_monotone_certificate(tiny_sweep):
 
 
 def test_monotone_certificate_flags_a_constructed_violation():
-    from reduction.report import MONOTONE_TOL, monotone_certificate
+    from reduction.aggregate import MONOTONE_TOL, monotone_certificate
 
     rows = [
         {"depth": 0, "seed": 0, "objective": 1.0, "ufm_value": 0.1, "status": "ok"},
