@@ -16,3 +16,5 @@ bench: setup
 	.venv/bin/python benchmarks/bench_ufm.py
 	.venv/bin/python benchmarks/bench_metrics.py
 	.venv/bin/python benchmarks/bench_train.py
+	.venv/bin/python benchmarks/bench_sweep.py
+	.venv/bin/python benchmarks/bench_batched.py

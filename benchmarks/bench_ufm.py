@@ -37,8 +37,10 @@ def closed_form_times() -> None:
     for K, d in ((10, 64), (1000, 1024)):
         p = ufm.Problem("ce", K, 100, d, 0.005, features="layernorm")
         t, sol = _timed(lambda p=p: ufm.solve(p, method="closed_form"), repeat=3)
-        print(f"K={K:5d} width={d:5d}: {t * 1e3:8.2f} ms   value={sol.value:.12g}  "
-              f"geometry={sol.geometry}")
+        print(
+            f"K={K:5d} width={d:5d}: {t * 1e3:8.2f} ms   value={sol.value:.12g}  "
+            f"geometry={sol.geometry}"
+        )
 
 
 def numerical_times() -> dict:
@@ -49,11 +51,12 @@ def numerical_times() -> dict:
             p = ufm.Problem(loss, K, n, d, 0.005, features="layernorm")
             ref = ufm.solve(p, method="closed_form").value
             for starts in (1, 4):
-                t, sol = _timed(lambda p=p, s=starts: ufm.solve(p, method="numerical",
-                                                                 n_starts=s))
+                t, sol = _timed(lambda p=p, s=starts: ufm.solve(p, method="numerical", n_starts=s))
                 err = abs(sol.value - ref) / ref
-                print(f"K={K:4d} n={n} width={d:4d} {loss:3s} starts={starts}: {t:7.3f} s  "
-                      f"rel err={err:.1e}  geometry={sol.geometry}")
+                print(
+                    f"K={K:4d} n={n} width={d:4d} {loss:3s} starts={starts}: {t:7.3f} s  "
+                    f"rel err={err:.1e}  geometry={sol.geometry}"
+                )
                 if starts == 1:
                     ours[(K, loss)] = (t, err)
     return ours
@@ -72,7 +75,7 @@ def adam_baseline(ours: dict) -> None:
         best = None
         for lr in (1e-2, 1e-3):
             g = torch.Generator().manual_seed(0)
-            W = (torch.randn(K, d, generator=g, dtype=torch.float64) / math.sqrt(d))
+            W = torch.randn(K, d, generator=g, dtype=torch.float64) / math.sqrt(d)
             U = torch.randn(d, N, generator=g, dtype=torch.float64)
             W.requires_grad_(True)
             U.requires_grad_(True)
@@ -103,18 +106,22 @@ def adam_baseline(ours: dict) -> None:
                     break
             el = time.perf_counter() - t0
             res = (reached, err, err_at_ours, step, el, lr)
-            print(f"  {loss:3s} lr={lr:g}: steps={step} time={el:6.2f} s  final rel err={err:.1e}"
-                  f"  rel err after our solver's {t_ours:.3f} s={err_at_ours:.1e}  "
-                  f"reached 1e-8: {'yes' if reached else 'no'}")
+            print(
+                f"  {loss:3s} lr={lr:g}: steps={step} time={el:6.2f} s  final rel err={err:.1e}"
+                f"  rel err after our solver's {t_ours:.3f} s={err_at_ours:.1e}  "
+                f"reached 1e-8: {'yes' if reached else 'no'}"
+            )
             if best is None or (reached or math.inf, err) < (best[0] or math.inf, best[1]):
                 best = res
         reached, err, _, _, el, lr = best
         if reached:
             print(f"  {loss}: Adam (lr={lr:g}) / ours time to 1e-8 = {reached / t_ours:.0f}×")
         else:
-            print(f"  {loss}: Adam never reached 1e-8 in {el:.1f} s (best rel err {err:.1e}); "
-                  f"ratio ≥ {el / t_ours:.0f}× (ours: {t_ours:.3f} s to "
-                  f"{ours[(K, loss)][1]:.0e})")
+            print(
+                f"  {loss}: Adam never reached 1e-8 in {el:.1f} s (best rel err {err:.1e}); "
+                f"ratio ≥ {el / t_ours:.0f}× (ours: {t_ours:.3f} s to "
+                f"{ours[(K, loss)][1]:.0e})"
+            )
 
 
 def certificate_times() -> None:
@@ -124,12 +131,16 @@ def certificate_times() -> None:
         sol = ufm.solve(p)
         for level in ("class", "sample"):
             t, c = _timed(lambda sol=sol, lv=level: ufm.certify(sol, level=lv))
-            print(f"{feat:9s} N=200 {level:6s}: {t:7.2f} s  solver={c.solver} "
-                  f"status={c.status} rel_gap={c.rel_gap:.1e} points={c.num_points}")
+            print(
+                f"{feat:9s} N=200 {level:6s}: {t:7.2f} s  solver={c.solver} "
+                f"status={c.status} rel_gap={c.rel_gap:.1e} points={c.num_points}"
+            )
         big = ufm.Problem("ce", 10, 100_000, 64, 0.005, features=feat, **kw)
         t, c = _timed(lambda big=big: ufm.certify(ufm.solve(big)))
-        print(f"{feat:9s} N=10^6 class : {t:7.2f} s  (solve + certify) solver={c.solver} "
-              f"rel_gap={c.rel_gap:.1e}")
+        print(
+            f"{feat:9s} N=10^6 class : {t:7.2f} s  (solve + certify) solver={c.solver} "
+            f"rel_gap={c.rel_gap:.1e}"
+        )
 
 
 def main() -> None:
