@@ -12,7 +12,8 @@ A unit is finished exactly when its ``row.json`` exists (written atomically, las
 is killed and restarted skips finished units; an interrupted unit resumes from its checkpoint.
 With ``init="continuation"`` the depths of one seed form a chain: depth L starts from the
 finished next-shallower run of the same seed, padded with near-identity blocks, so
-J_L(run) ≤ J_{L'}(run) by construction (THEORY §10).
+J_L(run) starts at J_{L'}(run) up to the near-identity padding and L-BFGS only descends; the
+monotone certificate (aggregate.py) checks J_L(run) ≤ J_{L'}(run) (THEORY §10).
 """
 
 from __future__ import annotations
