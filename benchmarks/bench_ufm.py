@@ -7,13 +7,23 @@
    published UFM scripts, run until 1e-8 or a time budget; ratio of its time against ours.
 4. Certificate time: class-level reduction vs the sample-level program at N = 200, and the
    class-level one at N = 10⁶.
+5. Extreme λ (1e-200, 1e20): closed form and numerical solver, their agreement, and the
+   certificate (the dual bound where the SDP solvers fail).
+6. Classic K = 300 (LayerNorm CE): the dual certificate, and the size-based estimate of the SDP
+   that `certify` prints before a long solve (the SDP itself is not run: minutes).
+7. Generalised UFM (THEORY §11): G distinct contexts with 1–3 next tokens each, V = 30 labels,
+   width 64; group-level solve, dual certificate, geometry, for G = 100, 300, 1000.
+
+Run one part: python benchmarks/bench_ufm.py extremes|large_k|gufm (default: all).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 
+import numpy as np
 import torch
 
 import ufm
@@ -143,12 +153,73 @@ def certificate_times() -> None:
         )
 
 
+def extreme_lambda() -> None:
+    print("== extreme λ (K = 4, n = 3, width 6; imbalanced counts 1, 2, 4, 8 for the solver) ==")
+    for loss in ("ce", "mse"):
+        for lam in (1e-200, 1e20):
+            p = ufm.Problem(loss, 4, 3, 6, lam, features="layernorm")
+            t_cf, cf = _timed(lambda p=p: ufm.solve(p))
+            t_num, num = _timed(lambda p=p: ufm.solve(p, method="numerical", n_starts=2))
+            q = ufm.Problem(loss, 4, [1, 2, 4, 8], 6, lam, features="layernorm")
+            t_imb, imb = _timed(lambda q=q: ufm.solve(q, n_starts=2))
+            t_c, c = _timed(lambda imb=imb: ufm.certify(imb))
+            print(f"{loss:3s} λ={lam:7.0e}: closed form {cf.value:.6e} ({t_cf * 1e3:.1f} ms), "
+                  f"numerical rel err {abs(num.value - cf.value) / cf.value:.1e} "
+                  f"({t_num:.2f} s); imbalanced {imb.value:.6e} ({t_imb:.2f} s) certified "
+                  f"{c.certified} by {c.solver}, rel_gap {c.rel_gap:.1e} ({t_c:.3f} s)")
+
+
+def large_k() -> None:
+    print("== K = 300 classes, width 301, LayerNorm CE, λ = 0.005 ==")
+    p = ufm.Problem("ce", 300, 10, 301, 0.005, features="layernorm")
+    t, sol = _timed(lambda: ufm.solve(p))
+    tc, c = _timed(lambda: ufm.certify(sol))
+    est = ufm.estimate_seconds("SCS", 600)
+    print(f"closed form {t:.2f} s; certificate {c.solver} {tc:.2f} s, rel_gap {c.rel_gap:.1e}, "
+          f"certified {c.certified}; the 600×600 SDP via SCS is estimated at {est:.0f} s")
+
+
+def _random_counts(G: int, V: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    C = np.zeros((G, V), dtype=np.int64)
+    for g in range(G):
+        k = rng.integers(1, 4)
+        C[g, rng.choice(V, size=k, replace=False)] = rng.integers(1, 6, size=k)
+    return C
+
+
+def gufm() -> None:
+    print("== generalised UFM: G contexts, V = 30 labels, width 64, λ = 0.005, 2 starts ==")
+    for G in (100, 300, 1000):
+        counts = _random_counts(G, 30, seed=G)
+        for loss in ("ce", "mse"):
+            p = ufm.Problem.from_label_counts(counts, 64, 0.005, loss)
+            t, sol = _timed(lambda p=p: ufm.solve(p, n_starts=2))
+            tc, c = _timed(lambda sol=sol: ufm.certify(sol))
+            tg, geo = _timed(lambda sol=sol: ufm.gufm_geometry(sol))
+            print(f"G={G:5d} {loss:3s}: solve {t:6.2f} s (iterations {sol.info['iterations']}), "
+                  f"certificate {c.solver} {tc:.3f} s rel_gap {c.rel_gap:.1e} "
+                  f"certified {c.certified}; geometry {tg:.3f} s: nc1 {geo.nc1:.3f}, "
+                  f"within {geo.within_fraction:.3f}, rank {geo.feature_rank}")
+
+
+PARTS = {"extremes": extreme_lambda, "large_k": large_k, "gufm": gufm}
+
+
 def main() -> None:
     t0 = time.perf_counter()
-    closed_form_times()
-    ours = numerical_times()
-    adam_baseline(ours)
-    certificate_times()
+    if len(sys.argv) > 1:
+        for name in sys.argv[1:]:
+            if name not in PARTS:
+                raise SystemExit(f"error: unknown part {name!r}; choose from {sorted(PARTS)}")
+            PARTS[name]()
+    else:
+        closed_form_times()
+        ours = numerical_times()
+        adam_baseline(ours)
+        certificate_times()
+        for part in PARTS.values():
+            part()
     print(f"total benchmark time: {time.perf_counter() - t0:.1f} s")
 
 

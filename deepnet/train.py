@@ -557,7 +557,7 @@ def stationarity(
     """
     w = convergence_window(config)
     end = epochs_done
-    start = end - w
+    start = max(end - w, 0)  # a run that stalled early: the window is the whole run
     by_epoch = {int(h["epoch"]): h for h in history}
     earlier = [e for e in by_epoch if e <= start]
     j1 = by_epoch[end]["objective"] if end in by_epoch else math.nan

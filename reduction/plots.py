@@ -111,6 +111,13 @@ def plot_depth(
         _draw_baseline(ax, baseline, m, colour, names.get(m, m) if single_axis else None)
         if slope and used:
             _draw_fit(ax, rows, m, colour, converged_only, ci)
+        ys = [np.asarray(line.get_ydata(), dtype=np.float64) for line in ax.lines]
+        if not any(np.any(np.isfinite(y) & (y > 0)) for y in ys):
+            # nothing a log axis can show (e.g. NC1 = inf when the features are constant): an
+            # empty panel that says so, rather than a figure that cannot be saved
+            ax.text(0.5, 0.5, "no finite positive values", transform=ax.transAxes, ha="center")
+            ax.set_title(names.get(m, m), fontsize=10)
+            continue
         ax.set_xscale("log")
         ax.set_yscale("log")
         # label the depths themselves: log-axis minor labels (2×10⁰, 3×10⁰, …) overlap

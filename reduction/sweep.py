@@ -477,8 +477,8 @@ def run_sweep(
     """
     from tqdm.auto import tqdm
 
-    from reduction.execute import Context, Job, make_executor
     from reduction.aggregate import report
+    from reduction.execute import Context, Job, make_executor
 
     preset = resolve_preset(preset, depths, seeds)
     overrides = dict(overrides or {})
@@ -618,7 +618,7 @@ def _run_batched(
                 preset, depth, seed, out, datasets.get(seed), overrides, False, trainer, init
             )
             trained += int(did)
-            if row.get("status") == "ok":
+            if row.get("status") == "ok" and depth > 0:  # see run_chain: depth 0 is no source
                 source[seed] = f"../{Path(row['run_dir']).name}"
             after()
     return trained
@@ -661,9 +661,12 @@ def run_chain(
         row, did = run_unit(
             preset, depth, seed, out, data, overrides, progress, trainer, source if chain else None
         )
-        if row.get("status") == "ok":
+        if row.get("status") == "ok" and depth > 0:
             # relative to the unit's own folder, so a sweep folder can move (or travel to a
-            # Ray worker) and its configs still point at the right runs
+            # Ray worker) and its configs still point at the right runs. The depth-0 baseline is
+            # never a source: for a CLS transformer its feature cannot see the input, so its
+            # optimum (W = 0, J = log K) padded with near-zero blocks is a saddle point that
+            # continuation would never leave; the shallowest depth with blocks starts afresh.
             source = f"../{Path(row['run_dir']).name}"
         yield depth, did
 

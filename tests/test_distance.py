@@ -65,7 +65,7 @@ def test_zero_gap_at_optimum_and_rotation_invariance(problem):
 
 
 def test_objective_matches_hand_computation_and_spec_value():
-    problem = PROBLEMS[1]  # SPEC §4 example: K = 10, d = 64, λ = 0.005, value ≈ 0.02276
+    problem = PROBLEMS[1]  # THEORY §4 example: K = 10, d = 64, λ = 0.005, value ≈ 0.02276
     sol, H, y = at_optimum(problem)
     out = distance_to_optimum(H, y, sol.W, None, problem)  # solves internally
     assert out["optimum_value"] == pytest.approx(0.02276, abs=5e-6)

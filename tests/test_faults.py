@@ -73,7 +73,7 @@ def test_a_failing_unit_is_recorded_and_the_sweep_goes_on(tmp_path, digits):
     failed = {(r["depth"], r["seed"]): r for r in res.rows if r["status"] != "ok"}
     assert "disk on fire" in failed[(1, 1)]["error"]
     cfg3 = next(r for r in res.rows if r["depth"] == 3 and r["seed"] == 0)["config"]
-    assert cfg3["init_from"] == "../L0-s0"  # the deepest finished shallower run
+    assert cfg3["init"] == "default"  # no finished shallower run with blocks: a fresh start
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert {(f["depth"], f["seed"]) for f in saved["failed"]} == {(1, 0), (1, 1)}
     # a restart retries the failed unit (not the deterministic divergence)

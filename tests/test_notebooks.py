@@ -1,30 +1,78 @@
-"""The notebooks execute top to bottom (smoke setting) and are stored without outputs."""
+"""The notebooks execute top to bottom (smoke setting), are stored without outputs, and every cell
+that draws a figure shows it (an image/png output after execution)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+FIRST = [
+    "01_ufm_optimum.ipynb",
+    "02_resnet_depth.ipynb",
+    "03_transformer_depth.ipynb",
+    "04_measure_your_model.ipynb",
+]
+#: calls that create a matplotlib figure: reduction's plot functions return a Figure that pyplot
+#: does not know, so such a cell must display it (display(fig)); pyplot figures show under inline
+FIGURE_CALL = re.compile(r"\b(plot_depth|plot_layer_profile|plot_history|plt\.subplots|Figure)\(")
+FIGURE_TAG = "figure"
 
 
-def test_the_three_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == [
-        "01_ufm_optimum.ipynb",
-        "02_resnet_depth.ipynb",
-        "03_transformer_depth.ipynb",
-    ]
+def _cells(path: Path) -> list[dict]:
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def _source(cell: dict) -> str:
+    src = cell["source"]
+    return src if isinstance(src, str) else "".join(src)
+
+
+def _tagged(cell: dict) -> bool:
+    return FIGURE_TAG in cell.get("metadata", {}).get("tags", [])
+
+
+def test_the_numbered_notebooks_exist_in_order():
+    names = [p.name for p in NOTEBOOKS]
+    assert names[: len(FIRST)] == FIRST
+    # later notebooks continue the numbering
+    assert all(re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", n) for n in names)
+    assert len({n[:2] for n in names}) == len(names)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_outputs_are_stripped(path: Path):
-    nb = json.loads(path.read_text())
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            assert cell["outputs"] == [] and cell["execution_count"] is None
+    for cell in _cells(path):
+        assert cell["outputs"] == [] and cell["execution_count"] is None
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_figure_cells_are_tagged(path: Path):
+    """A cell is tagged "figure" iff it creates a figure; every notebook has one."""
+    for i, cell in enumerate(_cells(path)):
+        creates = bool(FIGURE_CALL.search(_source(cell)))
+        assert creates == _tagged(cell), (
+            f"code cell {i}: creates a figure: {creates}, tagged {FIGURE_TAG!r}: {_tagged(cell)}"
+        )
+    assert any(_tagged(c) for c in _cells(path))
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("display(reduction.plot_depth(rows))", True),
+        ("fig = Figure(figsize=(3, 3))", True),
+        ("fig, ax = plt.subplots(1, 2)", True),
+        ("print(res.verdict)", False),
+        ("figures = 3", False),
+    ],
+)
+def test_figure_call_pattern(source: str, expected: bool):
+    assert bool(FIGURE_CALL.search(source)) == expected
 
 
 @pytest.mark.slow
@@ -34,6 +82,7 @@ def test_notebook_executes_in_smoke_mode(path: Path, tmp_path: Path, monkeypatch
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("DEEPCOLLAPSE_SMOKE", "1")
     monkeypatch.setenv("DEEPCOLLAPSE_RESULTS", str(tmp_path / "results"))
+    # Agg in the environment: the notebooks must switch to inline plotting themselves
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = nbformat.read(path, as_version=4)
@@ -41,8 +90,12 @@ def test_notebook_executes_in_smoke_mode(path: Path, tmp_path: Path, monkeypatch
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     )
     client.execute()
-    errors = [
-        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
-    ]
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
     assert not errors
+    figures = [(i, c) for i, c in enumerate(code) if FIGURE_TAG in c.metadata.get("tags", [])]
+    assert figures
+    for i, cell in figures:
+        images = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert images, f"figure cell {i} shows no image"
     assert os.environ["DEEPCOLLAPSE_SMOKE"] == "1"

@@ -136,3 +136,20 @@ def test_plot_history_panels_and_splits():
         plot_history(rows, ("nc2",))
     with pytest.raises(ValueError, match="no 'step' column"):
         plot_history(rows, ("nc1",), x="step")
+
+
+def test_plot_depth_survives_a_metric_without_positive_values(tmp_path):
+    """NC1 = inf at every depth (constant features) leaves its panel empty instead of raising."""
+    import math
+
+    from reduction.plots import plot_depth
+
+    rows = [
+        {"depth": d, "seed": s, "nc1": math.inf, "nc3": 0.5 / (d + 1), "status": "ok"}
+        for d in (0, 1, 2)
+        for s in (0, 1)
+    ]
+    fig = plot_depth(rows, metrics=("nc1", "nc3"))
+    fig.savefig(tmp_path / "f.png")  # raised "Data cannot be log-scaled" before
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "no finite positive values" in texts and fig.axes[1].get_yscale() == "log"

@@ -347,7 +347,7 @@ def test_divergence_raises_and_keeps_checkpoint(tmp_path):
 
 
 def _ufm_layernorm_ce(K: int, d: int, lam: float) -> float:
-    """LayerNorm-UFM CE optimum (SPEC §4): s* is the root of λs = r e^{−u}/(1+(K−1)e^{−u}),
+    """LayerNorm-UFM CE optimum (THEORY §4): s* is the root of λs = r e^{−u}/(1+(K−1)e^{−u}),
     u = K r s/(K−1); value log(1 + (K−1)e^{−u*}) + λKs*²/2."""
     r = math.sqrt(d)
 

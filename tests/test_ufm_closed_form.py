@@ -1,4 +1,4 @@
-"""SPEC §4 closed forms: formula values, the numerical solver from random starts, certificates."""
+"""THEORY §4 closed forms: formula values, the numerical solver from random starts, certificates."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ CASES = [
 
 
 def spec_value(p: ufm.Problem) -> float:
-    """SPEC §4 optimal values, written out independently of the package."""
+    """THEORY §4 optimal values, written out independently of the package."""
     K, lam = p.K, p.lam_W
     if p.features == LN:
         r = p.r

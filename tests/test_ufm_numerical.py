@@ -1,4 +1,4 @@
-"""Numerical solver and certificates where SPEC §4 has no closed form."""
+"""Numerical solver and certificates where THEORY §4 has no closed form."""
 
 from __future__ import annotations
 

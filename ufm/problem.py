@@ -1,6 +1,6 @@
 """The UFM problem: parameters, validation, objective and the point (class/group) reduction.
 
-Objective (SPEC §1, §3), samples class-major, h_i the feature of sample i:
+Objective (THEORY §1, §3), samples class-major, h_i the feature of sample i:
 
     J(W, b, H) = (1/N) Σ_i ℓ(W h_i + b, y_i) + (λ_W/2)‖W‖_F² + (λ_H/2)‖H‖_F² + (λ_b/2)‖b‖²
 
@@ -16,6 +16,10 @@ and multiplicity m_j = Σ_k c_jk. The reduced objective is
     (1/N) Σ_j Σ_k c_jk ℓ(W h_j + b, k) + (λ_W/2)‖W‖² + (λ_H/2) Σ_j m_j ‖h_j‖² + (λ_b/2)‖b‖²,
 
 which has the same optimal value as J. Without groups the points are the K classes.
+
+Generalised UFM (THEORY §11, language modelling): every sample belongs to a group (a distinct
+context) and group g carries next-label counts c_g ∈ N^K; `Problem.from_label_counts` builds it
+from a (G, K) count matrix, and the point reduction above is then exactly the group level.
 """
 
 from __future__ import annotations
@@ -45,6 +49,54 @@ def _check_positive(name: str, value: object) -> float:
     return v
 
 
+def as_count_matrix(counts: object, name: str) -> np.ndarray:
+    """A 2-D array of non-negative integer counts with positive row sums, as int64."""
+    if hasattr(counts, "detach"):  # a torch tensor, on any device
+        counts = counts.detach().cpu().numpy()
+    try:
+        C = np.asarray(counts)
+    except Exception:  # ragged input
+        raise ValueError(f"{name} must be a 2-D array of non-negative integers") from None
+    if C.ndim != 2 or C.shape[0] < 1 or C.shape[1] < 1:
+        raise ValueError(f"{name} must be a non-empty 2-D array (groups × labels), got shape "
+                         f"{C.shape}")
+    if C.dtype.kind == "f":
+        if not np.all(np.isfinite(C)) or np.any(C != np.round(C)):
+            raise ValueError(f"{name} must hold integers, got non-integer values")
+    elif C.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integers, got dtype {C.dtype}")
+    C = C.astype(np.int64)
+    if np.any(C < 0):
+        raise ValueError(f"{name} must be non-negative")
+    empty = np.flatnonzero(C.sum(axis=1) == 0)
+    if empty.size:
+        raise ValueError(f"{name}: every row (group) needs at least one sample; rows "
+                         f"{empty[:10].tolist()} are all zero")
+    return C
+
+
+def ce_fit_grad(Z: np.ndarray, C: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per point Σ_k c_jk (lse(z_j) − z_jk) and its gradient m_j softmax(z_j) − c_j, both free of
+    cancellation (THEORY §3).
+
+    With k* = argmax z_j and S = Σ_{k≠k*} e^{z_jk − z_jk*}: lse − z_k = (z_k* − z_k) + log1p(S), a
+    sum of non-negative terms, and the k* entry of the gradient is (m − c_k*) − m·S/(1 + S). The
+    plain form zmax + log Σ e^{z − zmax} − z_y rounds to 0 once margins exceed ~37 (λ → 0).
+    """
+    P = Z.shape[1]
+    cols = np.arange(P)
+    imax = np.argmax(Z, axis=0)
+    zmax = Z[imax, cols]
+    E = np.exp(Z - zmax)
+    E[imax, cols] = 0.0
+    S = E.sum(axis=0)
+    l1p = np.log1p(S)
+    loss = np.sum(C * (zmax - Z), axis=0) + m * l1p
+    GZ = E * (m / (1.0 + S)) - C
+    GZ[imax, cols] = (m - C[imax, cols]) - m * S / (1.0 + S)
+    return loss, GZ
+
+
 @dataclass(frozen=True)
 class Points:
     """The point reduction of a problem.
@@ -64,11 +116,12 @@ class Points:
 
 @dataclass(frozen=True)
 class Problem:
-    """A UFM instance (see module docstring for the objective).
+    """A UFM instance (see module docstring for the objective; THEORY §3, §11).
 
-    ``samples_per_class``: int (balanced) or K ints. ``radius`` defaults to √width (LayerNorm).
-    ``groups``: optional disjoint lists of sample indices (class-major numbering, 0..N−1) whose
-    inputs are identical and so must share one feature.
+    ``samples_per_class``: int ≥ 1 (balanced) or K ints ≥ 0 (an empty class still has a logit).
+    ``radius`` defaults to √width (LayerNorm). ``groups``: optional disjoint lists of sample
+    indices (class-major numbering, 0..N−1) whose inputs are identical and so must share one
+    feature; `from_label_counts` builds them from a (groups × labels) count matrix.
     """
 
     loss: str
@@ -106,10 +159,13 @@ class Problem:
                 raise ValueError(
                     f"samples_per_class must be an int or a sequence of {K} ints, got {spc!r}"
                 ) from None
-            if len(counts) != K or not all(_is_int(c) and c >= 1 for c in counts):
+            # a class may be empty (a vocabulary token never seen as a continuation still has a
+            # logit in the softmax), but the problem needs at least one sample
+            if (len(counts) != K or not all(_is_int(c) and c >= 0 for c in counts)
+                    or sum(counts) < 1):
                 raise ValueError(
-                    f"samples_per_class must be an int or a sequence of num_classes={K} "
-                    f"ints >= 1, got {spc!r}"
+                    f"samples_per_class must be an int >= 1 or a sequence of num_classes={K} "
+                    f"ints >= 0 with a positive sum, got {spc!r}"
                 )
             counts = tuple(int(c) for c in counts)
         object.__setattr__(self, "samples_per_class", spc if _is_int(spc) else counts)
@@ -135,30 +191,95 @@ class Problem:
             _check_positive("lam_b", self.lam_b)
         elif self.lam_b != 0:
             raise ValueError(f"lam_b must be 0 unless bias='regularized', got {self.lam_b!r}")
+        if self.loss == "ce" and self.bias == "free" and 0 in counts:
+            empty = [k for k, c in enumerate(counts) if c == 0]
+            raise ValueError(
+                f"loss='ce' with bias='free' has no minimiser when a class has no samples "
+                f"(classes {empty}: their bias would go to −∞); use bias='none' or 'regularized'"
+            )
         if not isinstance(self.centered, bool):
             raise ValueError(f"centered must be a bool, got {self.centered!r}")
         if self.groups is not None:
             object.__setattr__(self, "groups", self._validate_groups(self.groups))
 
     def _validate_groups(self, groups: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+        """Check indices and disjointness, vectorised (a language-model problem has N ~ 10⁵)."""
         N = self.N
-        seen: set[int] = set()
-        out = []
+        msg = "groups must be a sequence of sequences of sample indices"
         try:
-            items = [tuple(g) for g in groups]
+            items = [g if isinstance(g, np.ndarray) else list(g) for g in groups]  # type: ignore[union-attr]
         except TypeError:
-            raise ValueError("groups must be a sequence of sequences of sample indices") from None
+            raise ValueError(msg) from None
+        arrays = []
         for g in items:
-            if len(g) == 0:
+            a = np.asarray(g)
+            if a.ndim != 1:
+                raise ValueError(msg)
+            if a.size == 0:
                 raise ValueError("groups must not contain an empty group")
-            for i in g:
-                if not _is_int(i) or not 0 <= i < N:
-                    raise ValueError(f"groups: sample index must be an int in [0, {N}), got {i!r}")
-                if i in seen:
-                    raise ValueError(f"groups must be disjoint; sample {i} appears twice")
-                seen.add(int(i))
-            out.append(tuple(int(i) for i in g))
-        return tuple(out)
+            if a.dtype.kind not in "iu":
+                bad = next((i for i in a.tolist() if not _is_int(i)), None)
+                if bad is not None or a.dtype.kind == "b":
+                    bad = a.tolist()[0] if bad is None else bad
+                    raise ValueError(
+                        f"groups: sample index must be an int in [0, {N}), got {bad!r}")
+                a = a.astype(np.int64)
+            out_of_range = (a < 0) | (a >= N)
+            if out_of_range.any():
+                bad = a[np.argmax(out_of_range)].item()
+                raise ValueError(f"groups: sample index must be an int in [0, {N}), got {bad!r}")
+            arrays.append(a.astype(np.int64, copy=False))
+        if arrays:
+            seen = np.bincount(np.concatenate(arrays), minlength=N)
+            if seen.max() > 1:
+                raise ValueError(
+                    f"groups must be disjoint; sample {int(np.argmax(seen > 1))} appears twice"
+                )
+        return tuple(tuple(a.tolist()) for a in arrays)
+
+    @classmethod
+    def from_label_counts(
+        cls,
+        counts: object,
+        width: int,
+        lam_W: float,
+        loss: str = "ce",
+        *,
+        bias: str = "none",
+        lam_b: float = 0.0,
+        features: str = "layernorm",
+        lam_H: float = 0.0,
+        radius: float | None = None,
+        centered: bool = True,
+    ) -> Problem:
+        """The generalised UFM of THEORY §11 from a (G, K) matrix of next-label counts.
+
+        Row g holds the counts c_g ∈ N^K of the labels (next tokens) that follow the g-th
+        distinct input (context); its samples must share one feature. The objective is
+        (1/N) Σ_g Σ_k c_gk ℓ(W h_g + b, k) + (λ_W/2)‖W‖² (+ (λ_b/2)‖b‖²), N = Σ_gk c_gk, with
+        h_g on the LayerNorm sphere by default. Samples are numbered class-major and handed to
+        the groups in row order, so ``problem.points`` has one point per row, in row order.
+        A column may be all zero (a label never observed still has a logit; not with CE and a
+        free bias, whose infimum is then not attained).
+        """
+        C = as_count_matrix(counts, "counts")
+        G, K = C.shape
+        if K < 2:
+            raise ValueError(f"counts must have at least 2 columns (labels), got {K}")
+        totals = C.sum(axis=0)
+        # first sample index of group g within class k: class offset + counts of earlier groups
+        starts = (np.concatenate([[0], np.cumsum(totals)[:-1]])[None, :]
+                  + np.cumsum(C, axis=0) - C)
+        groups = []
+        for g in range(G):
+            ks = np.flatnonzero(C[g])
+            groups.append(np.concatenate([np.arange(starts[g, k], starts[g, k] + C[g, k])
+                                          for k in ks]))
+        return cls(
+            loss=loss, num_classes=K, samples_per_class=[int(t) for t in totals], width=width,
+            lam_W=lam_W, lam_H=lam_H, bias=bias, lam_b=lam_b, features=features, radius=radius,
+            centered=centered, groups=groups,
+        )
 
     # ----------------------------------------------------------------- derived quantities
     @property
@@ -270,9 +391,7 @@ def evaluate(
     if b is not None:
         Z = Z + b[:, None]
     if problem.loss == "ce":
-        zmax = Z.max(axis=0)
-        lse = zmax + np.log(np.exp(Z - zmax).sum(axis=0))
-        fit = float((np.sum(m * lse) - np.sum(C * Z)) / N)
+        fit = float(np.sum(ce_fit_grad(Z, C, m)[0]) / N)
     else:
         Ybar = C / m
         fit = float(np.sum(m * np.sum((Z - Ybar) ** 2, axis=0)) / (2 * N))
@@ -283,3 +402,14 @@ def evaluate(
     if problem.bias == "regularized" and b is not None:
         pen += 0.5 * problem.lam_b * float(np.sum(b**2))
     return fit, pen
+
+
+def check_finite(problem: Problem, value: float, *arrays: np.ndarray | None) -> None:
+    """Raise a clear ValueError when an optimum overflowed float64 (extreme λ or radius)."""
+    if math.isfinite(value) and all(a is None or np.all(np.isfinite(a)) for a in arrays):
+        return
+    raise ValueError(
+        f"the optimum of this problem is not representable in float64 (lam_W={problem.lam_W!r}, "
+        f"lam_H={problem.lam_H!r}, lam_b={problem.lam_b!r}, radius={problem.r!r}): "
+        "rescale the problem"
+    )

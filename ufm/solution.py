@@ -37,9 +37,9 @@ class Solution:
 
     @property
     def class_means(self) -> np.ndarray:
-        """μ_k = (1/n_k) Σ_{i: y_i = k} h_i (width × K), computed from the points."""
-        C = self.points.counts
-        return (self.H_points @ C.T) / C.sum(axis=1)
+        """μ_k = (1/n_k) Σ_{i: y_i = k} h_i (width × K), computed from the points; NaN columns
+        for classes without samples."""
+        return class_means(self.H_points, self.points.counts)
 
     def summary(self) -> dict:
         """Numbers for printing: value split, norms, geometry."""
@@ -49,24 +49,40 @@ class Solution:
             "geometry": self.geometry, "method": self.method,
             "norm_W": float(np.linalg.norm(self.W)),
             "mean_row_norm_W": float(np.mean(np.linalg.norm(self.W, axis=1))),
-            "mean_class_mean_norm": float(np.mean(np.linalg.norm(M, axis=0))),
+            # over classes with samples (a label-count problem may have empty ones)
+            "mean_class_mean_norm": float(np.mean(np.linalg.norm(M[:, ~np.isnan(M[0])],
+                                                                 axis=0))),
             "norm_b": None if self.b is None else float(np.linalg.norm(self.b)),
         }
+
+
+def class_means(Hp: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """Class means (d × K) from point features Hp (d × P) and label counts C (K × P); NaN for
+    empty classes."""
+    n = C.sum(axis=1)
+    S = Hp @ C.T
+    out = np.full_like(S, np.nan)
+    np.divide(S, n, out=out, where=n > 0)
+    return out
 
 
 def classify_geometry(W: np.ndarray, M: np.ndarray, tol: float = 1e-5) -> str:
     """Name the configuration of the class means M (d×K) and classifier W (K×d).
 
-    "zero" when both vanish; "simplex_etf" when the normalised Gram of the means is
-    K/(K−1)·P_K; "orthogonal_frame" when it is I; "equiangular" for equal norms and equal
-    cosines; otherwise "numerical".
+    "zero" when both vanish; "numerical" when a class is empty; "simplex_etf" when the
+    normalised Gram of the means is K/(K−1)·P_K; "orthogonal_frame" when it is I; "equiangular"
+    for equal norms and equal cosines; otherwise "numerical".
     """
+    keep = ~np.isnan(M).any(axis=0)  # empty classes have no mean
+    if not keep.all():
+        return "numerical"
     K = M.shape[1]
     scale = max(float(np.abs(M).max(initial=0.0)), float(np.abs(W).max(initial=0.0)))
     if scale < 1e-7:
         return "zero"
+    M = M / max(float(np.abs(M).max(initial=0.0)), 1e-300)  # scale-free (radius 1e-200 or 1e200)
     norms = np.linalg.norm(M, axis=0)
-    if norms.min() < tol * norms.max():
+    if not norms.max() > 0 or norms.min() < tol * norms.max():
         return "numerical"
     G = (M.T @ M) / np.outer(norms, norms)
     etf = (K / (K - 1)) * (np.eye(K) - 1.0 / K)
