@@ -530,3 +530,36 @@ def distance_to_optimum(
         "centered": bool(problem.centered) if problem.features == "layernorm" else None,
         "problem": problem.to_dict(),
     }
+
+
+def group_distance(features: Any, group_ids: Any, solution: Any) -> dict[str, float]:
+    """Distance of a network's per-context features to the generalised UFM optimum (THEORY §11).
+
+    features (N, d) rows, group_ids (N,) the distinct-context index of each sample (0..G−1, the
+    row order of the problem's count matrix), solution: a ``ufm.Solution`` of
+    ``ufm.Problem.from_label_counts`` with one optimal feature per group. Returns
+    ``procrustes_groups`` = min_R ‖Ĥ R − Ĥ*‖_F between the Frobenius-normalised (G, d) group
+    features (the network's averaged over each group's samples, which a deterministic network
+    maps to one point anyway), and ``gram_distance_groups`` = ‖Ĝ − Ĝ*‖_F between the normalised
+    G×G Gram matrices (rotation-free, in [0, 2]).
+    """
+    H = _np64(features, "features")
+    g = np.asarray(group_ids).astype(np.int64)
+    Hp = np.asarray(solution.H_points, dtype=np.float64)
+    G = int(g.max()) + 1 if g.size else 0
+    if Hp.shape[1] != G and Hp.shape[0] == G:
+        Hp = Hp.T
+    if H.ndim != 2 or g.shape != (H.shape[0],) or Hp.shape != (H.shape[1], G):
+        raise ValueError(
+            f"features {H.shape}, group_ids {g.shape} and the optimum's group features "
+            f"{Hp.shape} do not describe the same G = {G} groups in width {H.shape[-1]}"
+        )
+    sums = np.zeros((G, H.shape[1]))
+    np.add.at(sums, g, H)
+    counts = np.bincount(g, minlength=G)[:, None]
+    Hn = sums / np.maximum(counts, 1)
+    Hs = Hp.T
+    Gn, Gs = Hn @ Hn.T, Hs @ Hs.T
+    nn_, ns = np.linalg.norm(Gn), np.linalg.norm(Gs)
+    gram = float(np.linalg.norm(Gn / nn_ - Gs / ns)) if nn_ > 0 and ns > 0 else math.nan
+    return {"procrustes_groups": procrustes_distance(Hn, Hs), "gram_distance_groups": gram}

@@ -233,6 +233,33 @@ PRESETS: dict[str, Preset] = dict(
             seeds=(0, 1, 2),
             notes="Scaled to the 2-core machine: 16-character contexts, depths up to 8.",
         ),
+        _mk(
+            "cpu-t11-nexttoken-wordnet",
+            "L-T11 next-character prediction on WordNet glosses: contexts of 3 characters, 16 "
+            "classes (15 most frequent next characters + other), 600 contexts, causal attention "
+            "read at the last position, width 32, λ=0.005, L-BFGS, depth continuation",
+            {
+                **_CPU,
+                "arch": "t11",
+                "dataset": "nexttoken-wordnet",
+                "width": 32,
+                "readout": "last",
+                "n_per_class": None,
+                "test_per_class": None,
+                "data_options": {
+                    "context": 3,
+                    "level": "char",
+                    "vocab_size": 16,
+                    "max_contexts": 600,
+                },
+            },
+            depths=(0, 1, 2, 4, 8),
+            seeds=(0, 1),
+            metrics=("objective_gap", "procrustes_groups", "gram_distance_groups", "nc1"),
+            verdict_metrics=("objective_gap", "gram_distance_groups"),
+            notes="Identical contexts with different continuations are kept: the reduced "
+            "problem is the generalised UFM of THEORY §11, whose optimum is not collapsed.",
+        ),
     ]
 )
 

@@ -653,7 +653,9 @@ def summarize_by_depth(rows: Rows, metrics: Sequence[str]) -> list[dict[str, Any
         g = groups[depth]
         row: dict[str, Any] = {"depth": depth, "n_seeds": len(g)}
         for m in metrics:
-            vals = np.array([float(r[m]) for r in g], dtype=np.float64)
+            vals = np.array(
+                [math.nan if r[m] is None else float(r[m]) for r in g], dtype=np.float64
+            )  # None (e.g. test accuracy without a test set) counts as missing
             vals = vals[np.isfinite(vals)]
             row[f"{m}_n"] = int(vals.size)
             row[f"{m}_mean"] = float(vals.mean()) if vals.size else math.nan

@@ -45,7 +45,7 @@ from deepnet import (
 )
 from deepnet.data import Dataset
 from deepnet.io import write_json
-from reduction.distance import distance_to_optimum
+from reduction.distance import distance_to_optimum, group_distance
 from reduction.metrics import collapse_metrics
 from reduction.presets import Preset, get_preset
 
@@ -102,11 +102,16 @@ def make_run_config(
     return RunConfig(**fields)
 
 
-def ufm_problem_for(config: RunConfig, labels: np.ndarray, num_classes: int) -> ufm.Problem:
+def ufm_problem_for(
+    config: RunConfig, labels: np.ndarray, num_classes: int, data: Dataset | None = None
+) -> ufm.Problem:
     """The LayerNorm UFM a trained network of ``config`` reduces to (THEORY §3).
 
     Same loss, classes and per-class counts as the training set, width d, radius √d (the LN
     sphere), λ_W = the run's effective λ; the classifier bias is free (undecayed) when present.
+    Data whose identical inputs carry several labels (next-token data: ``info`` holds the
+    (G, K) ``group_label_counts`` of the distinct contexts) give the generalised UFM of
+    THEORY §11, one feature per context.
     With ``ln_affine`` the features leave the sphere and the undecayed LN scale lets the
     classifier penalty shrink without limit (J has no minimiser): no UFM applies (ValueError).
     """
@@ -115,6 +120,15 @@ def ufm_problem_for(config: RunConfig, labels: np.ndarray, num_classes: int) -> 
             "the UFM comparison needs parameter-free LayerNorm (ln_affine=False): an affine LN "
             "moves the features off the sphere and its undecayed scale lets (λ/2)‖W‖² shrink "
             "without limit, so J_L has no minimiser to compare"
+        )
+    info = getattr(data, "info", None) or {}
+    if info.get("group_label_counts") is not None:
+        return ufm.Problem.from_label_counts(
+            np.asarray(info["group_label_counts"]),
+            config.width,
+            config.effective_lam,
+            config.loss,
+            bias="free" if config.bias else "none",
         )
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
     per_class: int | list[int] = (
@@ -131,6 +145,19 @@ def ufm_problem_for(config: RunConfig, labels: np.ndarray, num_classes: int) -> 
     )
 
 
+_SOLUTIONS: dict[str, Any] = {}
+
+
+def solve_cached(problem: ufm.Problem) -> Any:
+    """ufm.solve, once per distinct problem in this process (every depth of a constant-λ sweep
+    shares one; the generalised UFM of a next-token sweep takes seconds to solve)."""
+    groups = [list(map(int, g)) for g in (problem.groups or ())]
+    key = json.dumps([problem.to_dict(), groups], sort_keys=True, default=str)
+    if key not in _SOLUTIONS:
+        _SOLUTIONS[key] = ufm.solve(problem)
+    return _SOLUTIONS[key]
+
+
 def measure_run(
     result: RunResult, num_classes: int, data: Dataset | None = None, run_dir: Path | None = None
 ) -> dict[str, Any]:
@@ -140,8 +167,11 @@ def measure_run(
     metrics = collapse_metrics(
         result.features, result.labels, result.W, result.b, num_classes=num_classes
     )
-    problem = ufm_problem_for(cfg, result.labels, num_classes)
-    dist = distance_to_optimum(result.features, result.labels, result.W, result.b, problem)
+    problem = ufm_problem_for(cfg, result.labels, num_classes, data)
+    solution = solve_cached(problem)
+    dist = distance_to_optimum(
+        result.features, result.labels, result.W, result.b, problem, solution=solution
+    )
     ufm_value = float(dist["optimum_value"])
     st = result.stationarity
     row: dict[str, Any] = {
@@ -174,6 +204,15 @@ def measure_run(
     for key in ("nc2_ufm", "nc2_means_ufm", "nc3_ufm"):
         if key in dist:
             row[key] = float(dist[key])
+    if problem.groups:  # the generalised UFM: how far from its (non-collapsed) geometry
+        groups = np.asarray(data.info["group_ids"])  # type: ignore[union-attr]
+        row.update(group_distance(result.features, groups, solution))
+        geometry = ufm.gufm_geometry(solution)
+        row.update(
+            n_groups=len(problem.groups),
+            gufm_nc1=float(geometry.nc1),
+            gufm_collapsed=bool(geometry.collapsed),
+        )
     row.update({k: float(v) for k, v in metrics.items()})
     model = getattr(result, "model", None)
     if data is not None and model is not None:
