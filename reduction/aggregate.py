@@ -212,6 +212,87 @@ def report(
     )
 
 
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+def markdown_summary(result: Any) -> str:
+    """The sweep as Markdown: the per-depth table (mean ± std over seeds, converged runs out of
+    all), the certificates, the 2×-budget checks, the rates and the verdict."""
+    rows = [r for r in result.rows if _ok(r)]
+    cols = [
+        ("objective", "J_L"),
+        ("objective_gap", "J_L − UFM*"),
+        ("body_penalty", "body penalty"),
+        ("nc1", "NC1"),
+        ("nc2_ufm", "NC2 (vs optimum)"),
+        ("nc3", "NC3"),
+        ("grad_norm", "‖∇J‖"),
+        ("test_acc", "test acc"),
+    ]
+    cols = [(k, h) for k, h in cols if any(k in r for r in rows)]
+    out = [
+        "| L | converged | " + " | ".join(h for _, h in cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+    for s in result.summary:
+        cells = []
+        for k, _ in cols:
+            m, sd = s.get(f"{k}_mean"), s.get(f"{k}_std")
+            cells.append(
+                _fmt(m) + (f" ± {_fmt(sd, 2)}" if sd is not None and math.isfinite(sd) else "")
+            )
+        out.append(
+            f"| {s['depth']} | {s.get('n_converged', 0)}/{s['n_seeds']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    ufm_star = rows[0].get("ufm_value") if rows else None
+    out.append("")
+    if ufm_star is not None:
+        out.append(f"UFM* = {ufm_star:.6g}. ")
+    mono = result.monotone or {}
+    if mono.get("ok"):
+        out.append(
+            "Monotone certificate: every run is at or below every shallower run of its seed "
+            f"(tolerance {mono.get('tolerance'):g})."
+        )
+    for v in mono.get("violations", []):
+        out.append(
+            f"Not at the optimum: seed {v['seed']}, depth {v['depth']}: J = {v['objective']:.5g} "
+            f"> {v['shallower_objective']:.5g} at depth {v['shallower_depth']}."
+        )
+    for c in result.budget_checks:
+        if c.get("status") == "ok":
+            out.append(
+                f"2×-budget rerun at L = {c['depth']}: J {c['objective']:.5g} → "
+                f"{c['objective_2x']:.5g} ({100 * c['rel_improvement_2x']:+.2f}%; rerun converged: "
+                f"{c['converged_2x']}) → {'passes' if c['ok'] else 'fails'} (tolerance "
+                f"{100 * c['tolerance']:g}%)."
+            )
+    out += [
+        "",
+        "| metric | slope | 95% interval | r² | local slopes | one power law |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result.rates:
+        if r.get("note"):
+            out.append(f"| {r['metric']} | – | {r['note']} | | | |")
+            continue
+        ci = f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] ({r['ci_method']}, {r['n_seeds']} seeds)"
+        local = ", ".join(f"{x[2]:+.2f}" for x in r.get("local_slopes", []))
+        power = {True: "yes", False: "no (curved)", None: "untestable"}[r.get("one_power_law")]
+        out.append(
+            f"| {r['metric']} | {r['slope']:+.3f} | {ci} | {r['r2']:.3f} | {local} | {power} |"
+        )
+    v = result.verdict or {}
+    if v:
+        out += ["", f"**Verdict** (expect {v['expect']}): **{v['verdict']}**: {v['reason']}"]
+    return "\n".join(out)
+
+
 def long_summary(summary: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[dict]:
     """The per-depth summary in long form: one row per (depth, metric, statistic), statistic in
     n, mean, std (over seeds, ddof 1), min, max."""

@@ -233,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="re-aggregate a (partial) sweep folder")
     r.add_argument("out", help="sweep folder")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    r.add_argument("--markdown", action="store_true", help="print the summary as Markdown tables")
 
     ps = sub.add_parser("presets", help="list the presets")
     ps.add_argument("--json", action="store_true", help="print the presets as JSON")
@@ -299,6 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # an unwritable --out, a full disk: one line, nothing lost
         print(f"error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
+    if getattr(args, "markdown", False):
+        from reduction.aggregate import markdown_summary
+
+        print(markdown_summary(result))
+        return 0
     if args.json:
         from deepnet.io import json_default
 

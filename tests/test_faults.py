@@ -207,3 +207,11 @@ def test_a_divergence_before_any_checkpoint_says_so(tmp_path):
     cfg2 = replace(cfg, checkpoint_every=1, eval_every=1)
     with pytest.raises(TrainingDivergedError, match="last good checkpoint is kept"):
         train(cfg2, data=data, run_dir=tmp_path / "b", progress=False)
+
+
+def test_ln_affine_sweep_is_refused_before_anything_is_written(tmp_path, digits):
+    """An affine LN leaves the sphere and its undecayed scale lets (λ/2)‖W‖² vanish: no UFM
+    applies, so the sweep refuses with one clear error instead of reporting gaps."""
+    with pytest.raises(ValueError, match="parameter-free LayerNorm"):
+        run_sweep(TINY, tmp_path, overrides={"ln_affine": True}, data=digits, workers=1)
+    assert not (tmp_path / "sweep.json").exists()

@@ -42,6 +42,6 @@ def test_layering_ufm_imports_neither_sibling() -> None:
 
 
 def test_deepnet_never_imports_reduction() -> None:
-    for path in (ROOT / "deepnet").glob("*.py"):
+    for path in (ROOT / "deepnet").rglob("*.py"):
         text = path.read_text()
         assert "import reduction" not in text and "from reduction" not in text, path

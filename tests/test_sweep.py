@@ -441,3 +441,13 @@ def test_path_bound_holds_for_large_random_blocks(arch):
     _, path = layer_profile(model, x, y, 10, 0.01, arch, "post")
     assert path["body_bound_ratio"] >= 1.0
     assert path["path_length"] > 0.5 * path["path_distance"] > 0
+
+
+def test_markdown_summary_has_every_section(tiny_sweep):
+    from reduction.aggregate import markdown_summary
+
+    text = markdown_summary(tiny_sweep)
+    lines = text.splitlines()
+    assert lines[0].startswith("| L | converged |")
+    assert sum(line.startswith("| ") and line[2].isdigit() for line in lines) == 3  # 3 depths
+    assert "UFM* =" in text and "**Verdict**" in text and "| nc1 |" in text
