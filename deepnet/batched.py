@@ -32,16 +32,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
 from .config import RunConfig, RunResult
-from .io import atomic_write, provenance, rng_state, save_checkpoint, write_json
+from .io import rng_state, save_checkpoint, write_json, write_result
 from .layers import CollapseNet, half_sq_norm
 from .models import build_model
-from .objective import EVAL_CHUNK, data_term, evaluate, gradient_norms
+from .objective import data_term, evaluate
 from .train import (
     EvalHook,
     TrainingDivergedError,
@@ -51,8 +50,8 @@ from .train import (
     convergence_window,
     load_run_data,
     lr_at,
+    make_result,
     resolve_device,
-    stationarity,
 )
 
 #: fields that may differ between the batched runs: the seed, and where a continuation run
@@ -349,46 +348,19 @@ class _Batched:
         results = []
         for s, (cfg, model) in enumerate(zip(self.configs, self.models)):
             final = self.last_eval[s][self.epochs]  # the last epoch is always evaluated
-            test_acc = None
-            if self.x_test is not None:
-                with torch.no_grad():
-                    model.eval()
-                    pred = torch.cat(
-                        [
-                            model(self.x_test[i : i + EVAL_CHUNK]).argmax(1)
-                            for i in range(0, len(self.x_test), EVAL_CHUNK)
-                        ]
-                    )
-                    model.train()
-                test_acc = float((pred == self.y_test).double().mean())
-            grads = gradient_norms(model, self.x, self.y, self.lam, cfg.loss)
-            b = model.classifier.bias
-            prov = provenance(self.device, cfg)
-            prov["batched_seeds"] = seeds
-            result = RunResult(
-                config=cfg,
-                objective=final["objective"],
-                fit=final["fit"],
-                classifier_penalty=final["classifier_penalty"],
-                body_penalty=final["body_penalty"],
-                embedding_penalty=final["embedding_penalty"],
-                train_acc=final["train_acc"],
-                test_acc=test_acc,
-                features=final["features"].cpu().numpy(),
-                labels=self.y.cpu().numpy(),
-                W=model.classifier.weight.detach().double().cpu().numpy(),
-                b=None if b is None else b.detach().double().cpu().numpy(),
-                history=self.histories[s],
-                decayed=[name for name, _ in model.decayed_parameters()],
-                stationarity=stationarity(cfg, self.histories[s], grads, self.epochs),
-                wall_time_s=wall,
-                device=str(self.device),
-                num_params=model.num_params(),
-                epochs_done=self.epochs,
+            result = make_result(
+                cfg,
+                model,
+                final,
+                (self.x, self.y, self.x_test, self.y_test),
+                self.histories[s],
+                self.epochs,
+                stalled=False,
                 completed=True,
-                provenance=prov,
+                wall_time_s=wall,
+                device=self.device,
             )
-            result.model = model  # type: ignore[attr-defined]  # in memory only, as train does
+            result.provenance["batched_seeds"] = seeds
             if self.run_paths is not None:
                 self._write(s, result, wall)
             results.append(result)
@@ -425,12 +397,4 @@ class _Batched:
             "stalled": False,
         }
         save_checkpoint(path / "checkpoint.pt", state)
-        write_json(path / "metrics.json", result.to_dict())
-
-        def write_npz(fh: Any) -> None:
-            arrays = {"features": result.features, "labels": result.labels, "W": result.W}
-            if result.b is not None:
-                arrays["b"] = result.b
-            np.savez(fh, **arrays)
-
-        atomic_write(path / "features.npz", write_npz)
+        write_result(path, result)

@@ -146,6 +146,19 @@ def provenance(device: torch.device, config: RunConfig) -> dict[str, Any]:
     }
 
 
+def write_result(run_dir: Path, result: RunResult) -> None:
+    """A finished run's metrics.json (everything but the arrays) and features.npz."""
+    write_json(Path(run_dir) / "metrics.json", result.to_dict())
+
+    def write_npz(fh: Any) -> None:
+        arrays = {"features": result.features, "labels": result.labels, "W": result.W}
+        if result.b is not None:
+            arrays["b"] = result.b
+        np.savez(fh, **arrays)
+
+    atomic_write(Path(run_dir) / "features.npz", write_npz)
+
+
 def load_result(run_dir: str | os.PathLike) -> RunResult:
     """Read a finished run (config.json, metrics.json, features.npz) back into a RunResult."""
     path = Path(run_dir)

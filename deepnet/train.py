@@ -32,13 +32,13 @@ from torch import Tensor
 from .config import CONTINUATION_SAME, RESUME_FREE, RunConfig, RunResult
 from .io import (
     CorruptCheckpointError,
-    atomic_write,
     load_checkpoint,
     provenance,
     rng_state,
     save_checkpoint,
     set_rng_state,
     write_json,
+    write_result,
 )
 from .layers import CollapseNet
 from .models import build_model
@@ -487,55 +487,80 @@ class _Run:
             raise self._diverged(f"objective is {final['objective']} at epoch {self.epoch}")
         if self.completed and (not self.history or self.history[-1]["epoch"] != self.epoch):
             self.record(self.epoch)
-        test_acc = None
-        if self.x_test is not None:
-            with torch.no_grad():
-                model.eval()
-                pred = torch.cat(
-                    [
-                        model(self.x_test[i : i + EVAL_CHUNK]).argmax(1)
-                        for i in range(0, len(self.x_test), EVAL_CHUNK)
-                    ]
-                )
-                model.train()
-            test_acc = float((pred == self.y_test).double().mean())
-        grads = gradient_norms(model, self.x, self.y, self.lam, cfg.loss)
-        b = model.classifier.bias
-        result = RunResult(
-            config=cfg,
-            objective=final["objective"],
-            fit=final["fit"],
-            classifier_penalty=final["classifier_penalty"],
-            body_penalty=final["body_penalty"],
-            embedding_penalty=final["embedding_penalty"],
-            train_acc=final["train_acc"],
-            test_acc=test_acc,
-            features=final["features"].cpu().numpy(),
-            labels=self.y.cpu().numpy(),
-            W=model.classifier.weight.detach().double().cpu().numpy(),
-            b=None if b is None else b.detach().double().cpu().numpy(),
-            history=self.history,
-            decayed=[name for name, _ in model.decayed_parameters()],
-            stationarity=stationarity(cfg, self.history, grads, self.epoch, self.stalled),
-            wall_time_s=self.wall_before + time.perf_counter() - self.t0,
-            device=str(self.device),
-            num_params=model.num_params(),
-            epochs_done=self.epoch,
+        result = make_result(
+            cfg,
+            model,
+            final,
+            (self.x, self.y, self.x_test, self.y_test),
+            self.history,
+            self.epoch,
+            stalled=self.stalled,
             completed=self.completed,
-            provenance=provenance(self.device, cfg),
+            wall_time_s=self.wall_before + time.perf_counter() - self.t0,
+            device=self.device,
         )
-        result.model = model  # type: ignore[attr-defined]  # in memory only, for measurements
         if self.run_path is not None and self.completed:
-            write_json(self.run_path / "metrics.json", result.to_dict())
-
-            def write_npz(fh: Any) -> None:
-                arrays = {"features": result.features, "labels": result.labels, "W": result.W}
-                if result.b is not None:
-                    arrays["b"] = result.b
-                np.savez(fh, **arrays)
-
-            atomic_write(self.run_path / "features.npz", write_npz)
+            write_result(self.run_path, result)
         return result
+
+
+def make_result(
+    cfg: RunConfig,
+    model: CollapseNet,
+    final: dict[str, Any],
+    tensors: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+    history: list[dict[str, Any]],
+    epochs_done: int,
+    *,
+    stalled: bool,
+    completed: bool,
+    wall_time_s: float,
+    device: torch.device,
+) -> RunResult:
+    """The RunResult of a trained model: ``final`` is its last evaluation (``evaluate``); the
+    test accuracy, the float64 gradient norms, the stationarity record and the provenance are
+    computed here. The model rides along in memory (``result.model``) for measurements."""
+    x, y, x_test, y_test = tensors
+    test_acc = None
+    if x_test is not None:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            pred = torch.cat(
+                [
+                    model(x_test[i : i + EVAL_CHUNK]).argmax(1)
+                    for i in range(0, len(x_test), EVAL_CHUNK)
+                ]
+            )
+            model.train(was)
+        test_acc = float((pred == y_test).double().mean())
+    grads = gradient_norms(model, x, y, cfg.effective_lam, cfg.loss)
+    b = model.classifier.bias
+    result = RunResult(
+        config=cfg,
+        objective=final["objective"],
+        fit=final["fit"],
+        classifier_penalty=final["classifier_penalty"],
+        body_penalty=final["body_penalty"],
+        embedding_penalty=final["embedding_penalty"],
+        train_acc=final["train_acc"],
+        test_acc=test_acc,
+        features=final["features"].cpu().numpy(),
+        labels=y.cpu().numpy(),
+        W=model.classifier.weight.detach().double().cpu().numpy(),
+        b=None if b is None else b.detach().double().cpu().numpy(),
+        history=history,
+        decayed=[name for name, _ in model.decayed_parameters()],
+        stationarity=stationarity(cfg, history, grads, epochs_done, stalled),
+        wall_time_s=wall_time_s,
+        device=str(device),
+        num_params=model.num_params(),
+        epochs_done=epochs_done,
+        completed=completed,
+        provenance=provenance(device, cfg),
+    )
+    result.model = model  # type: ignore[attr-defined]  # in memory only, for measurements
+    return result
 
 
 def stationarity(
