@@ -218,6 +218,21 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+def ufm_line(rows: Sequence[Mapping[str, Any]]) -> str:
+    """UFM* of the sweep: one value, or (λ/L) its range over the depths."""
+    by_depth = {r["depth"]: r["ufm_value"] for r in rows if r.get("ufm_value") is not None}
+    if not by_depth:
+        return ""
+    values = sorted(set(by_depth.values()))
+    if len(values) == 1:
+        return f"UFM* = {values[0]:.6g} (a lower bound on every J_L*)."
+    lo, hi = min(by_depth), max(by_depth)
+    return (
+        f"UFM* changes with depth (λ depends on L): {by_depth[lo]:.6g} at L = {lo} to "
+        f"{by_depth[hi]:.6g} at L = {hi}; each row's gap is to its own UFM*."
+    )
+
+
 def markdown_summary(result: Any) -> str:
     """The sweep as Markdown: the per-depth table (mean ± std over seeds, converged runs out of
     all), the certificates, the 2×-budget checks, the rates and the verdict."""
@@ -249,10 +264,7 @@ def markdown_summary(result: Any) -> str:
             + " | ".join(cells)
             + " |"
         )
-    ufm_star = rows[0].get("ufm_value") if rows else None
-    out.append("")
-    if ufm_star is not None:
-        out.append(f"UFM* = {ufm_star:.6g}. ")
+    out += ["", ufm_line(rows)]
     mono = result.monotone or {}
     if mono.get("ok"):
         out.append(

@@ -88,9 +88,11 @@ def print_summary(result: Any, file: Any = sys.stdout) -> None:
             + "  ".join(cells),
             file=file,
         )
-    ufm_star = result.rows[0].get("ufm_value") if result.rows else None
-    if ufm_star is not None:
-        print(f"UFM* = {ufm_star:.6g}  (lower bound on every J_L*)", file=file)
+    from reduction.aggregate import ufm_line
+
+    line = ufm_line([r for r in result.rows if r.get("status", "ok") == "ok"])
+    if line:
+        print(line, file=file)
     mono = result.monotone
     if mono:
         if mono.get("ok"):
