@@ -40,7 +40,8 @@ from scipy.special import logsumexp
 
 import ufm
 
-from .metrics import _as_tensor, _unit_scale
+from .formulas import _unit_scale
+from .metrics import _as_tensor
 
 __all__ = [
     "NegativeGapError",

@@ -45,6 +45,16 @@ import numpy as np
 import torch
 from scipy.spatial.distance import pdist
 
+from .formulas import (
+    _pow2_at_least,
+    _unit_scale,
+    equiangularity,
+    equinorm,
+    etf_target,
+    nc1_papyan,
+    nc2_distance,
+)
+
 __all__ = [
     "CollapseAccumulator",
     "collapse_metrics",
@@ -118,22 +128,6 @@ def _max_abs(t: torch.Tensor) -> float:
     return max(-lo, hi)
 
 
-def _pow2_at_least(m: float) -> float:
-    """The power of two 2^e with m < 2^e ≤ 2m (capped at 2^1023), for finite m > 0.
-
-    Scaling by a power of two is exact in binary floating point (barring subnormal results),
-    which is why the internal feature normalisation uses one: H and 2^k H give identical metrics.
-    """
-    return math.ldexp(1.0, min(math.frexp(m)[1], 1023))
-
-
-def _unit_scale(X: np.ndarray) -> np.ndarray:
-    """X / 2^e with 2^e ≥ max|X| (X unchanged if it is 0): Gram matrices and norms of the result
-    neither overflow nor underflow, whatever the scale of X."""
-    m = float(np.max(np.abs(X), initial=0.0))
-    return X / _pow2_at_least(m) if m > 0 else X
-
-
 def _labels(y: Any, n: int, num_classes: int, device: torch.device) -> torch.Tensor:
     """Validate integer labels in [0, K) with one label per feature row; return int64 on device."""
     t = _as_tensor(y, "labels", device)
@@ -172,48 +166,6 @@ def _classifier(W: Any, b: Any, num_classes: int, dim: int, device: torch.device
         if not bool(torch.isfinite(bt).all()):
             raise ValueError("b contains NaN or inf")
     return Wt, bt
-
-
-# --------------------------------------------------------------------------------------------------
-# geometry helpers (plain float64 numpy on small K×K / K×d objects)
-
-
-def etf_target(num_classes: int) -> np.ndarray:
-    """Simplex-ETF Gram target P_K = I_K − 11ᵀ/K (THEORY §1)."""
-    return np.eye(num_classes) - np.full((num_classes, num_classes), 1.0 / num_classes)
-
-
-def nc2_distance(X: np.ndarray, target: np.ndarray) -> float:
-    """‖G/‖G‖_F − T/‖T‖_F‖_F with G = X Xᵀ (X: K rows). NaN if X = 0 (no geometry to compare).
-
-    X is first divided by a power of two ≥ max|X| (the value is scale-free), so G cannot overflow
-    or underflow for extreme scales.
-    """
-    G = _unit_scale(np.asarray(X, dtype=np.float64))
-    G = G @ G.T
-    gn = np.linalg.norm(G)
-    if gn == 0.0:
-        return math.nan
-    return float(np.linalg.norm(G / gn - target / np.linalg.norm(target)))
-
-
-def _equinorm(X: np.ndarray) -> float:
-    """std/mean of the row norms (population std). NaN if all rows are zero."""
-    norms = np.linalg.norm(_unit_scale(X), axis=1)
-    m = norms.mean()
-    return float(norms.std() / m) if m > 0 else math.nan
-
-
-def _equiangularity(X: np.ndarray) -> float:
-    """Mean over pairs k<l of |cos(x_k, x_l) + 1/(K−1)|; 0 for a simplex ETF. NaN on a zero row."""
-    K = X.shape[0]
-    X = _unit_scale(X)
-    norms = np.linalg.norm(X, axis=1)
-    if np.any(norms == 0):
-        return math.nan
-    C = (X / norms[:, None]) @ (X / norms[:, None]).T
-    iu = np.triu_indices(K, k=1)
-    return float(np.mean(np.abs(C[iu] + 1.0 / (K - 1))))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -649,7 +601,7 @@ class CollapseAccumulator:
             "tr_sigma_b": tr_b * s * s,
         }
         out["nc1"] = tr_w / tr_b if tr_b > 0 else math.inf
-        out["nc1_papyan"] = _nc1_papyan(Sw, Mbar, K)
+        out["nc1_papyan"] = nc1_papyan(Sw, Mbar, K)
 
         # CDNV over all class pairs k<l; pdist forms the differences directly (no Gram
         # cancellation) and returns them in the same order as triu_indices
@@ -666,11 +618,11 @@ class CollapseAccumulator:
         out["nc2_ortho"] = nc2_distance(W_np, I)
         out["nc2_means"] = nc2_distance(Mbar, P)
         out["nc2_means_ortho"] = nc2_distance(mu, I)
-        out["equinorm_W"] = _equinorm(W_np)
-        out["equinorm_means"] = _equinorm(Mbar)
+        out["equinorm_W"] = equinorm(W_np)
+        out["equinorm_means"] = equinorm(Mbar)
         out["equinorm"] = out["equinorm_W"]
-        out["equiangularity_W"] = _equiangularity(W_np)
-        out["equiangularity_means"] = _equiangularity(Mbar)
+        out["equiangularity_W"] = equiangularity(W_np)
+        out["equiangularity_means"] = equiangularity(Mbar)
         out["equiangularity"] = out["equiangularity_W"]
 
         if self.W is not None and self.cos_count == N:
@@ -760,26 +712,6 @@ class CollapseAccumulator:
         acc.scale = float(state.get("scale", 1.0))
         acc.seen_max = float(state.get("seen_max", 1.0 if acc.n_samples else 0.0))
         return acc
-
-
-def _nc1_papyan(Sw: np.ndarray, Mbar: np.ndarray, K: int) -> float:
-    """(1/K) tr(Σ_W Σ_B⁺), Σ_B⁺ = Σ_{j ≤ K−1} v_j v_jᵀ / s_j² from the SVD of M̄/√K.
-
-    Σ_B has rank ≤ K−1 (its rows are centred by a weighted mean), so only its top K−1 eigenpairs are
-    signal; a plain pinv also inverts rounding-noise eigenvalues and can return huge or negative
-    values. Eigenvalues below a relative tolerance are dropped too (rank-deficient means, d < K−1).
-    Each term v_jᵀ Σ_W v_j is clipped at 0 because Σ_W is PSD (only rounding can make it negative).
-    """
-    _, s, Vt = np.linalg.svd(Mbar / math.sqrt(K), full_matrices=False)
-    if s.size == 0 or s[0] == 0.0:
-        return math.inf
-    keep = min(K - 1, s.size)
-    s, Vt = s[:keep], Vt[:keep]
-    tol = s[0] * max(Mbar.shape) * np.finfo(np.float64).eps
-    mask = s > tol
-    s, Vt = s[mask], Vt[mask]
-    quad = np.maximum(np.einsum("jd,de,je->j", Vt, Sw, Vt), 0.0)
-    return float((quad / s**2).sum() / K)
 
 
 # --------------------------------------------------------------------------------------------------
