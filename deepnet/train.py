@@ -577,8 +577,9 @@ def stationarity(
     always for L-BFGS after its warm-up, for a first-order optimizer only if its learning rate
     stayed ≥ 50% of its peak over the window (a cosine schedule annealed to 0 fails here by
     design: a small change at a tiny step says nothing about stationarity).
-    converged ⇔ grad_norm ≤ grad_tol and |rel_change| ≤ rel_tol and the budget was used up
-    (or L-BFGS stalled: its line search could make no further progress).
+    converged ⇔ grad_norm ≤ grad_tol and |rel_change| ≤ rel_tol and the budget was used up;
+    when L-BFGS stalled (its line search could make no further progress, possibly within the
+    first window) the gradient criterion alone decides.
     """
     w = convergence_window(config)
     end = epochs_done
@@ -609,6 +610,8 @@ def stationarity(
             )
         else:
             reasons.append("the final window reaches into the first-order warm-up")
+    elif stalled:
+        pass  # the line search found no decrease at all: judged by the gradient alone
     elif not abs(rel) <= config.rel_tol:
         reasons.append(
             f"J moved by {100 * rel:+.3g}% over the last {w} "

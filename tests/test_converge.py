@@ -303,3 +303,19 @@ def test_training_on_cuda_matches_cpu(tmp_path, optimizer):
     assert gpu.objective == pytest.approx(cpu.objective, rel=1e-6)
     back = train(_cfg(**kw, device="cuda"), data=data, run_dir=tmp_path, progress=False)
     assert back.objective == gpu.objective  # a finished run reloads on the GPU
+
+
+def test_a_stalled_run_is_judged_by_its_gradient():
+    """A CLS transformer without blocks cannot see its input: L-BFGS reaches W = 0, J = log K in
+    a few iterations and stalls there; that is a stationary point, whatever J did before."""
+    data = _data("image")
+    res = train(
+        _cfg(arch="t11", depth=0, patch_size=2, epochs=200, grad_tol=1e-4),
+        data=data,
+        progress=False,
+    )
+    st = res.stationarity
+    assert st["stalled"] and res.epochs_done < 200
+    assert res.objective == pytest.approx(math.log(K), rel=1e-6)
+    assert st["converged"] == (st["grad_norm"] <= 1e-4)
+    assert all("J moved" not in r for r in st["reasons"])
