@@ -6,7 +6,8 @@ time is the wall time until its J first falls within 1% of J* (evaluated every 1
 evaluations included on both sides). Adam is the v0.1 CPU preset: lr 3e-4, cosine to 0, full
 batch, 3,000 steps, float32; L-BFGS is the current preset: float64, strong Wolfe, history 50.
 If a side never gets within 1% its time is reported as "not reached" and the ratio as a lower
-bound (its whole budget over the other's time). Target: ≥ 5×.
+bound (its whole budget over the other's time), and the time L-BFGS needs to reach the final J
+of Adam's whole budget is printed too. Target: ≥ 5×.
 
 Usage: ``python benchmarks/bench_train.py [--depth 8] [--adam-steps 3000] [--lbfgs-iters 2000]``
 """
@@ -75,9 +76,19 @@ def main() -> None:
     if t_lbfgs is None:
         print("ratio: L-BFGS did not reach 1% of J* (raise --lbfgs-iters)")
     elif t_adam is None:
-        print(f"ratio Adam/L-BFGS ≥ {adam[-1][0] / t_lbfgs:.1f}× (Adam never got within 1%)")
+        print(
+            "ratio Adam/L-BFGS to within 1% of J*: unbounded (Adam's whole budget ends "
+            f"{100 * (adam[-1][1] / best - 1):.0f}% above J*)"
+        )
     else:
-        print(f"ratio Adam/L-BFGS = {t_adam / t_lbfgs:.1f}×")
+        print(f"ratio Adam/L-BFGS to within 1% of J* = {t_adam / t_lbfgs:.1f}×")
+    # the same comparison at the level Adam does reach: its own final J
+    t_match = first_within(lbfgs, adam[-1][1])
+    if t_match is not None:
+        print(
+            f"L-BFGS reaches Adam's final J ({adam[-1][1]:.6f}) after {t_match:.1f} s against "
+            f"Adam's {adam[-1][0]:.1f} s: {adam[-1][0] / t_match:.1f}×"
+        )
 
 
 if __name__ == "__main__":
