@@ -48,6 +48,7 @@ from .train import (
     _tensors,
     _threads,
     convergence_window,
+    history_entry,
     load_run_data,
     lr_at,
     make_result,
@@ -253,17 +254,7 @@ class _Batched:
         if diverged:
             raise self._diverged(f"objective is non-finite at epoch {at_epoch}", diverged)
         for s, (model, ev) in enumerate(zip(self.models, evs)):
-            entry: dict[str, Any] = {
-                "epoch": at_epoch,
-                "objective": ev["objective"],
-                "fit": ev["fit"],
-                "classifier_penalty": ev["classifier_penalty"],
-                "body_penalty": ev["body_penalty"],
-                "embedding_penalty": ev["embedding_penalty"],
-                "train_acc": ev["train_acc"],
-                "phase": "first-order",
-                "lr": self._lr(max(at_epoch - 1, 0)),
-            }
+            entry = history_entry(at_epoch, ev, "first-order", self._lr(max(at_epoch - 1, 0)))
             if self.eval_hook is not None:
                 entry.update(self.eval_hook(at_epoch, model, ev))
             hist = self.histories[s]

@@ -59,6 +59,19 @@ class TrainingDivergedError(RuntimeError):
     """The objective became NaN or infinite; the last good checkpoint (if any) is kept."""
 
 
+def history_entry(epoch: int, ev: dict[str, Any], phase: str, lr: float | None) -> dict[str, Any]:
+    """One history entry: J and its split from an ``evaluate`` result, the phase ("lbfgs" or
+    "first-order") and the lr of the steps that led there (None for L-BFGS)."""
+    keys = ("objective", "fit", "classifier_penalty", "body_penalty", "embedding_penalty")
+    return {
+        "epoch": epoch,
+        **{k: ev[k] for k in keys},
+        "train_acc": ev["train_acc"],
+        "phase": phase,
+        "lr": lr,
+    }
+
+
 def load_run_data(config: RunConfig) -> Any:
     """The dataset a run of ``config`` trains on (the subset drawn with ``config.subset_seed``)."""
     from .data import load_dataset  # late import: data pulls optional readers
@@ -350,17 +363,9 @@ class _Run:
         ev = evaluate(self.model, self.x, self.y, self.lam, self.config.loss)
         if not math.isfinite(ev["objective"]):
             raise self._diverged(f"objective is {ev['objective']} at epoch {at_epoch}")
-        entry: dict[str, Any] = {
-            "epoch": at_epoch,
-            "objective": ev["objective"],
-            "fit": ev["fit"],
-            "classifier_penalty": ev["classifier_penalty"],
-            "body_penalty": ev["body_penalty"],
-            "embedding_penalty": ev["embedding_penalty"],
-            "train_acc": ev["train_acc"],
-            "phase": "lbfgs" if self._lbfgs_phase(max(at_epoch - 1, 0)) else "first-order",
-            "lr": self._lr(max(at_epoch - 1, 0)),
-        }
+        before = max(at_epoch - 1, 0)
+        phase = "lbfgs" if self._lbfgs_phase(before) else "first-order"
+        entry = history_entry(at_epoch, ev, phase, self._lr(before))
         if self.eval_hook is not None:
             entry.update(self.eval_hook(at_epoch, self.model, ev))
         if not self.history or self.history[-1]["epoch"] != at_epoch:
