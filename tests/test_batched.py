@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from deepnet import RunConfig, TrainingDivergedError, load_result, train
+from deepnet import TrainingDivergedError, load_result, train
 from deepnet.batched import LBFGS_MESSAGE, train_batched
 from deepnet.data import Dataset
+from tests.test_train import _dataset as _train_dataset
+from tests.test_train import _small
 
 torch.set_num_threads(1)
 
-K = 3
 SEEDS = (0, 3, 5)
 NUMERIC = (
     "objective",
@@ -27,38 +28,8 @@ NUMERIC = (
 
 
 def _dataset(kind: str = "image", n_per_class: int = 10, seed: int = 0) -> Dataset:
-    """Separable synthetic data (N = 30): class-dependent mean plus noise."""
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(K), n_per_class)
-    rng.shuffle(y)
-    if kind == "text":
-        x = rng.integers(2, 12, size=(len(y), 6)).astype(np.int64)
-        x[:, 0] = 20 + y
-        x[::3, 4:] = 0
-        vocab = [f"t{i}" for i in range(23)]
-        return Dataset(
-            "syn", "text", x, y, x[:6], y[:6], K, ["a", "b", "c"], vocab=vocab, info={"max_len": 6}
-        )
-    means = rng.normal(size=(K, 64)) * 2
-    x = (means[y] + rng.normal(size=(len(y), 64))).astype(np.float32)
-    x = x.reshape(-1, 1, 8, 8) if kind == "image" else x
-    return Dataset("syn", kind, x, y, x[:6], y[:6], K, ["a", "b", "c"])
-
-
-def _small(**kw) -> RunConfig:
-    base = dict(
-        arch="rn1",
-        depth=2,
-        width=8,
-        epochs=40,
-        lr=1e-2,
-        eval_every=5,
-        checkpoint_every=10,
-        patch_size=4,
-        device="cpu",
-    )
-    base.update(kw)
-    return RunConfig(**base)
+    """test_train's separable synthetic data, N = 30 by default."""
+    return _train_dataset(kind, n_per_class, seed)
 
 
 def _hook(epoch, model, ev):
