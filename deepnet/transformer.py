@@ -246,6 +246,21 @@ class Transformer(CollapseNet):
         return self.embed.patch(patches), None
 
     def features(self, x: Tensor, all_layers: bool = False) -> Any:
+        streams, keep = self._streams(x, all_layers)
+        layers = [self._readout(h, keep) for h in streams]
+        return layers if all_layers else layers[-1]
+
+    def token_features(self, x: Tensor) -> Tensor:
+        """The (N, T, d) feature of every input position after the last block (and the final LN
+        of pre-LN); the CLS token is left out. With ``readout="last"`` position t is the feature
+        that predicts token t + 1 from tokens 0..t (causal attention)."""
+        streams, _ = self._streams(x, False)
+        h = self.ln_final(streams[-1]) if self.ln_final is not None else streams[-1]
+        return h[:, int(self.use_cls) :]
+
+    def _streams(self, x: Tensor, all_layers: bool) -> tuple[list[Tensor], Tensor | None]:
+        """The token stream (N, T', d) after the embedding and after every block (or only the
+        last one), and the non-pad mask."""
         tokens, keep = self._tokens(x)
         n, _, d = tokens.shape
         if self.use_cls:
@@ -265,12 +280,11 @@ class Transformer(CollapseNet):
             if causal:
                 mask = mask & torch.ones(tt, tt, dtype=torch.bool, device=h.device).tril()
             causal = False  # folded into the explicit mask
-        layers = [self._readout(h, keep)] if all_layers else []
+        streams = [h]
         for block in self.blocks:
             h = block(h, mask, causal)
-            if all_layers:
-                layers.append(self._readout(h, keep))
-        return layers if all_layers else self._readout(h, keep)
+            streams = [*streams, h] if all_layers else [h]
+        return streams, keep
 
     def _readout(self, h: Tensor, keep: Tensor | None) -> Tensor:
         """The (N, d) feature read from the token stream h (N, T, d): the final LN (pre-LN),

