@@ -10,7 +10,10 @@ For the run's final point θ (its checkpoint, in float64, on its own training da
   at small ε mean θ sits on a kink (nonsmooth but stationary), large ones rule that out;
 - J(θ − t∇J) − J(θ) against the first-order prediction −t‖∇J‖² for t = 1e-6 … 1: where they part,
   the curvature along the gradient (≈ 2·(ΔJ + t‖∇J‖²)/(t²‖∇J‖²)) says how much decrease the
-  gradient can still promise.
+  gradient can still promise;
+- for every LayerNorm, the spread s = std over features of its input, over all training samples
+  and tokens: LN(u) = (u − ū)/√(s² + ε) has curvature of order 1/s², so a few inputs with s ≪ 1
+  (a residual stream nearly cancelled by its block's output) make J stiff there.
 """
 
 from __future__ import annotations
@@ -81,6 +84,29 @@ def main() -> None:
             grads.append(J_and_grad(theta + r * u / u.norm())[1])
         hull = min_norm_in_hull(torch.stack(grads).numpy())
         print(f"ε = {eps:.0e}: min-norm sampled ε-subgradient {hull:.4g} ({args.samples} samples)")
+    spreads: dict[str, torch.Tensor] = {}
+
+    def record(name: str):  # a forward hook that returns None, so the output is unchanged
+        def hook(_m: torch.nn.Module, inp: tuple, _out: torch.Tensor) -> None:
+            spreads[name] = inp[0].detach().std(-1)
+
+        return hook
+
+    hooks = [
+        mod.register_forward_hook(record(name))
+        for name, mod in model.named_modules()
+        if type(mod).__name__ == "LayerNorm"
+    ]
+    set_params(theta)
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    for name, s in spreads.items():
+        print(
+            f"LN {name or 'input'}: input spread min {s.min().item():.3g}, median "
+            f"{s.median().item():.3g}, {(s < 0.05).sum().item()} of {s.numel()} below 0.05"
+        )
     print("step t    ΔJ along −∇J    first-order prediction")
     for t in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0):
         print(f"{t:7.0e}  {J_and_grad(theta - t * g0)[0] - J0:+.4e}   {-t * gn**2:+.4e}")
