@@ -28,6 +28,9 @@ RATE_METRICS: tuple[str, ...] = rate_metrics()
 #: J_L may exceed the best shallower J_{L'} by this relative amount (float rounding) before the
 #: monotone certificate flags the run as "not at the optimum" (THEORY §10)
 MONOTONE_TOL = 1e-6
+#: a run may exceed the best run at its depth or shallower on the same data by this relative
+#: amount before the seed certificate calls it materially suboptimal [choice] (THEORY §10)
+SEED_TOL = 1e-2
 
 
 def read_rows(out: Path) -> list[dict[str, Any]]:
@@ -75,7 +78,46 @@ def monotone_certificate(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 best, best_depth = J, r["depth"]
             r["j_upper"] = best
             r["sandwich_gap"] = best - float(r["ufm_value"])
-    return {"tolerance": MONOTONE_TOL, "violations": violations, "ok": not violations}
+    seeds = _seed_certificate(rows)
+    return {"tolerance": MONOTONE_TOL, "violations": violations, "ok": not violations, **seeds}
+
+
+def _seed_certificate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Across seeds: runs with the same fixed ``data_seed`` train on the same data, so every one
+    of them bounds J_L* from above; j_best(L) = min over those runs at depths L' ≤ L. A run with
+    J_L(run) > j_best(L)(1 + SEED_TOL) sits at a materially worse stationary point than another
+    seed found (columns ``seed_excess``, ``seed_ok``); rate fits leave it out. Runs whose data
+    depend on the seed (no ``data_seed``) get no verdict."""
+    shared = [r for r in rows if _ok(r) and r.get("data_seed") not in (None, "")]
+    above = []
+    for data_seed in sorted({str(r["data_seed"]) for r in shared}):
+        group = sorted(
+            (r for r in shared if str(r["data_seed"]) == data_seed), key=lambda r: r["depth"]
+        )
+        best, best_run = math.inf, None
+        for depth in sorted({r["depth"] for r in group}):
+            at = [r for r in group if r["depth"] == depth]
+            for r in at:  # shallower runs and the other seeds at this depth
+                if float(r["objective"]) < best:
+                    best, best_run = float(r["objective"]), r
+            for r in at:
+                excess = (float(r["objective"]) - best) / abs(best)
+                r["seed_excess"] = excess
+                r["seed_ok"] = bool(excess <= SEED_TOL)
+                if not r["seed_ok"]:
+                    assert best_run is not None
+                    above.append(
+                        {
+                            "seed": r["seed"],
+                            "depth": depth,
+                            "objective": float(r["objective"]),
+                            "best_seed": best_run["seed"],
+                            "best_depth": best_run["depth"],
+                            "best_objective": best,
+                            "rel_excess": excess,
+                        }
+                    )
+    return {"seed_tolerance": SEED_TOL, "seed_violations": above, "seed_ok": not above}
 
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -212,6 +254,29 @@ def report(
     )
 
 
+def seed_certificate_lines(mono: Mapping[str, Any]) -> list[str]:
+    """The seed certificate in words: one line when it holds, else one line per depth."""
+    if "seed_ok" not in mono:
+        return []
+    tol = 100 * float(mono.get("seed_tolerance", SEED_TOL))
+    if mono["seed_ok"]:
+        return [
+            "Seed certificate: no run is more than "
+            f"{tol:g}% above the best run at its depth or shallower on the same data."
+        ]
+    lines = []
+    for depth in sorted({v["depth"] for v in mono["seed_violations"]}):
+        vs = [v for v in mono["seed_violations"] if v["depth"] == depth]
+        worst = max(vs, key=lambda v: v["rel_excess"])
+        lines.append(
+            f"Above the best run on the same data (> {tol:g}%): L = {depth}, seed(s) "
+            f"{', '.join(str(v['seed']) for v in vs)}, up to {100 * worst['rel_excess']:+.1f}% "
+            f"above J = {worst['best_objective']:.5g} (seed {worst['best_seed']}, L = "
+            f"{worst['best_depth']}); left out of the rates."
+        )
+    return lines
+
+
 def _fmt(x: Any, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
@@ -276,6 +341,7 @@ def markdown_summary(result: Any) -> str:
             f"Not at the optimum: seed {v['seed']}, depth {v['depth']}: J = {v['objective']:.5g} "
             f"> {v['shallower_objective']:.5g} at depth {v['shallower_depth']}."
         )
+    out += seed_certificate_lines(mono)
     for c in result.budget_checks:
         if c.get("status") == "ok":
             out.append(

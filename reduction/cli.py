@@ -88,7 +88,7 @@ def print_summary(result: Any, file: Any = sys.stdout) -> None:
             + "  ".join(cells),
             file=file,
         )
-    from reduction.aggregate import ufm_line
+    from reduction.aggregate import seed_certificate_lines, ufm_line
 
     line = ufm_line([r for r in result.rows if r.get("status", "ok") == "ok"])
     if line:
@@ -108,6 +108,8 @@ def print_summary(result: Any, file: Any = sys.stdout) -> None:
                 f"{v['shallower_depth']} ({100 * v['rel_excess']:+.3g}%)",
                 file=file,
             )
+        for line in seed_certificate_lines(mono):
+            print(("  " if not mono.get("seed_ok") else "") + line[0].lower() + line[1:], file=file)
     for c in result.budget_checks:
         if c.get("status") != "ok":
             print(f"  2x-budget rerun at L={c['depth']}: {c.get('status')}", file=file)

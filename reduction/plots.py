@@ -58,8 +58,8 @@ def plot_depth(
     optionally "status" and "converged" (see :func:`reduction.rates.run_status`). Rows whose
     status is not "ok" are ignored. Depth-0 rows (the no-block baseline, which a log axis cannot
     place) are drawn as a horizontal dashed grey line at their mean, labelled "no blocks (L = 0)".
-    With ``converged_only`` runs whose "converged" is False are drawn as hollow markers and left
-    out of the mean line, the band and the fit.
+    With ``converged_only`` runs whose "converged" or "seed_ok" is False are drawn as hollow
+    markers and left out of the mean line, the band and the fit.
 
     band: shaded band over seeds, "std" = mean ± sample std (lower edge clipped to the smallest
     seed value when mean − std ≤ 0, since a log axis cannot show it), "minmax" = min–max over
@@ -71,7 +71,8 @@ def plot_depth(
 
     Returns a matplotlib Figure (no pyplot state, safe under the Agg backend). Each panel holds
     one mean line per metric, one dashed fit line per fitted metric when ``slope``, one baseline
-    line per metric with depth-0 rows and one hollow-marker line per metric with unconverged runs.
+    line per metric with depth-0 rows and one hollow-marker line per metric with runs left out
+    of the fit (unconverged, or above the best run on the same data).
     """
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     if not metrics:
@@ -81,7 +82,7 @@ def plot_depth(
     rows = load_rows(table)
     kinds = [run_status(r, converged_only=converged_only) for r in rows]
     used = [r for r, k in zip(rows, kinds) if k == "used"]
-    unconverged = [r for r, k in zip(rows, kinds) if k == "unconverged"]
+    unconverged = [r for r, k in zip(rows, kinds) if k in ("unconverged", "suboptimal")]
     baseline = [r for r, k in zip(rows, kinds) if k == "baseline" and _status_ok(r)]
     if not used and not unconverged:
         raise ValueError("no usable runs at depth > 0 to plot (every row failed or has depth ≤ 0)")

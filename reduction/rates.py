@@ -340,9 +340,10 @@ def _status_ok(row: Mapping[str, Any]) -> bool:
 
 def run_status(row: Mapping[str, Any], *, converged_only: bool = True) -> str:
     """What a run's row is good for in a depth fit: "baseline" (depth ≤ 0: no logarithm),
-    "failed" (``status`` present and ≠ "ok"), "unconverged" (``converged`` False, only with
-    ``converged_only``) or "used". A missing ``status`` reads as "ok", a missing ``converged``
-    as converged."""
+    "failed" (``status`` present and ≠ "ok"), "unconverged" (``converged`` False), "suboptimal"
+    (``seed_ok`` False: materially above another run on the same data, THEORY §10; both only
+    with ``converged_only``) or "used". A missing ``status`` reads as "ok", a missing
+    ``converged`` or ``seed_ok`` as true."""
     if "depth" not in row:
         raise ValueError(f"row has no 'depth' column (columns: {sorted(row)})")
     if float(_depth_key(row["depth"])) <= 0:
@@ -351,6 +352,8 @@ def run_status(row: Mapping[str, Any], *, converged_only: bool = True) -> str:
         return "failed"
     if converged_only and _flag(row.get("converged"), "converged") is False:
         return "unconverged"
+    if converged_only and _flag(row.get("seed_ok"), "seed_ok") is False:
+        return "suboptimal"
     return "used"
 
 
@@ -371,15 +374,16 @@ def rate_table(
     rows: one mapping per run (or a CSV path) with "depth", "seed", the metric columns and
     optionally "status" (only "ok" rows are usable; missing = ok) and "converged" (bool; missing =
     converged). Rows at depth ≤ 0 (the no-block baseline, which has no logarithm), rows whose
-    status is not "ok", and with ``converged_only`` the rows with converged False, are left out;
+    status is not "ok", and with ``converged_only`` the rows with converged False or seed_ok
+    False, are left out;
     the rest go to :func:`fit_rate` seed by seed (a seed missing some depths keeps the others).
 
     Returns one JSON-able dict per metric with keys metric, slope, ci_low, ci_high, ci_level,
     ci_method, seed_slopes, intercept, r2, local_slopes, curvature, curvature_ci,
     curvature_method, one_power_law, n_seeds, n_depths, n_runs_used,
-    n_runs_excluded_unconverged, n_runs_excluded_failed and note: None when fitted, else why
-    not (non-positive values, fewer than two usable depths, "not converged: k of n runs"), with
-    the fit's fields NaN / empty / None.
+    n_runs_excluded_unconverged, n_runs_excluded_suboptimal, n_runs_excluded_failed and note:
+    None when fitted, else why not (non-positive values, fewer than two usable depths, "not
+    converged: k of n runs"), with the fit's fields NaN / empty / None.
     """
     if isinstance(metrics, str):
         metrics = [metrics]
@@ -400,9 +404,17 @@ def rate_table(
         kinds.append(run_status(r, converged_only=converged_only))
     n_runs = sum(k != "baseline" for k in kinds)
     n_unconv = kinds.count("unconverged")
+    n_subopt = kinds.count("suboptimal")
     n_failed = kinds.count("failed")
     used = [r for r, k in zip(table, kinds) if k == "used"]
-    not_conv = f"not converged: {n_unconv} of {n_runs} runs" if n_unconv else ""
+    not_conv = "; ".join(
+        text
+        for n, text in (
+            (n_unconv, f"not converged: {n_unconv} of {n_runs} runs"),
+            (n_subopt, f"above the best run on the same data: {n_subopt} of {n_runs} runs"),
+        )
+        if n
+    )
 
     out: list[dict[str, Any]] = []
     for m in metrics:
@@ -429,6 +441,7 @@ def rate_table(
             "n_depths": 0,
             "n_runs_used": 0,
             "n_runs_excluded_unconverged": n_unconv,
+            "n_runs_excluded_suboptimal": n_subopt,
             "n_runs_excluded_failed": n_failed,
             "note": None,
         }

@@ -26,8 +26,8 @@ X = np.log(DEPTHS)
 ENTRY_KEYS = {
     "metric", "slope", "ci_low", "ci_high", "ci_level", "ci_method", "seed_slopes", "intercept",
     "r2", "local_slopes", "curvature", "curvature_ci", "curvature_method", "one_power_law",
-    "n_seeds", "n_depths", "n_runs_used", "n_runs_excluded_unconverged", "n_runs_excluded_failed",
-    "note",
+    "n_seeds", "n_depths", "n_runs_used", "n_runs_excluded_unconverged",
+    "n_runs_excluded_suboptimal", "n_runs_excluded_failed", "note",
 }  # fmt: skip
 
 

@@ -154,6 +154,40 @@ def test_monotone_certificate_flags_a_constructed_violation():
     assert rows[2]["j_upper"] == 0.5 and rows[3]["j_upper"] == 0.5
 
 
+def test_seed_certificate_compares_runs_on_the_same_data():
+    from reduction.aggregate import SEED_TOL, monotone_certificate, seed_certificate_lines
+    from reduction.rates import rate_table
+
+    def row(depth, seed, J, data_seed=0):
+        return {"depth": depth, "seed": seed, "objective": J, "ufm_value": 0.1, "nc1": J,
+                "status": "ok", "converged": True, "data_seed": data_seed}  # fmt: skip
+
+    rows = [
+        row(0, 0, 1.0), row(0, 1, 1.0),
+        row(2, 0, 0.50), row(2, 1, 0.50 * (1 + SEED_TOL / 2)),  # within the tolerance
+        row(3, 0, 0.40), row(3, 1, 0.45),  # seed 1 is 12.5% above seed 0 at L = 3
+        row(5, 0, 0.42), row(5, 1, 0.35),  # seed 0 sits above its own L = 3 and seed 1's L = 5
+        row(3, 7, 0.90, data_seed=None),  # its own data: no verdict
+    ]  # fmt: skip
+    mono = monotone_certificate(rows)
+    assert not mono["seed_ok"] and mono["seed_tolerance"] == SEED_TOL
+    got = {(v["depth"], v["seed"]): v for v in mono["seed_violations"]}
+    assert set(got) == {(3, 1), (5, 0)}
+    assert (got[(3, 1)]["best_seed"], got[(3, 1)]["best_depth"]) == (0, 3)
+    assert got[(3, 1)]["rel_excess"] == pytest.approx(0.125)
+    assert (got[(5, 0)]["best_seed"], got[(5, 0)]["best_objective"]) == (1, 0.35)
+    assert [r.get("seed_ok") for r in rows] == [True] * 4 + [True, False, False, True, None]
+    # the rates leave the flagged runs out, and say so
+    fit = rate_table(rows, ["nc1"])[0]
+    # used: L = 2 (both seeds), 3 (seed 0), 5 (seed 1); seed 7 has one depth, so no fit
+    assert fit["n_runs_excluded_suboptimal"] == 2 and fit["n_runs_used"] == 4
+    # the report says which runs, against which (one line per depth)
+    lines = seed_certificate_lines(mono)
+    assert len(lines) == 2 and "L = 3, seed(s) 1, up to +12.5%" in lines[0]
+    assert "L = 5, seed(s) 0" in lines[1] and "(seed 1, L = 5)" in lines[1]
+    assert seed_certificate_lines(monotone_certificate(rows[:4]))[0].startswith("Seed certificate")
+
+
 def test_rows_respect_the_theory_lower_bound(tiny_sweep):
     """J_L − UFM* ≥ body penalty ≥ 0: the UFM relaxes the features (THEORY §3)."""
     for r in tiny_sweep.rows:
@@ -188,12 +222,16 @@ def test_summary_rates_and_figures(tiny_sweep):
     rates = {r["metric"]: r for r in res.rates}
     assert {"nc1", "nc2", "nc3"} <= set(rates)
     r = rates["nc1"]
-    # with two depths the slope is the mean over seeds of the two-point slopes
-    by = {(x["depth"], x["seed"]): x["nc1"] for x in res.rows}
-    slopes = [np.log(by[(3, s)] / by[(1, s)]) / np.log(3) for s in (0, 1)]
+    # with two depths the slope is the mean over seeds of the two-point slopes, over the seeds
+    # whose runs the seed certificate keeps (both seeds train on the same data here)
+    by = {(x["depth"], x["seed"]): x["nc1"] for x in res.rows if x["seed_ok"]}
+    kept = [s for s in (0, 1) if (1, s) in by and (3, s) in by]
+    slopes = [np.log(by[(3, s)] / by[(1, s)]) / np.log(3) for s in kept]
     assert r["slope"] == pytest.approx(np.mean(slopes), rel=1e-6)  # depth 0 is not fitted
-    assert r["ci_low"] <= r["slope"] <= r["ci_high"]
-    assert r["ci_method"] == "t" and r["n_seeds"] == 2 and r["n_depths"] == 2
+    assert r["n_seeds"] == len(kept) and r["n_depths"] == 2
+    assert r["n_runs_excluded_suboptimal"] == sum(not x["seed_ok"] for x in res.rows if x["depth"])
+    if len(kept) == 2:
+        assert r["ci_method"] == "t" and r["ci_low"] <= r["slope"] <= r["ci_high"]
     assert res.verdict["expect"] == "decreasing"
     assert res.verdict["verdict"] in ("agrees", "disagrees", "inconclusive")
     saved = json.loads(res.paths["json"].read_text())
