@@ -153,9 +153,12 @@ def _draw_unconverged(ax: Any, rows: list[dict[str, Any]], m: str, colour: str) 
     pts = [(d, v) for d, v in pts if math.isfinite(v) and v > 0]
     if pts:
         d, v = zip(*pts)
-        ax.plot(
-            d, v, "o", ls="none", mfc="none", mec=colour, ms=5, label="not converged (not fitted)"
-        )
+        kinds = {run_status(r) for r in rows}
+        why = {
+            frozenset({"unconverged"}): "not converged",
+            frozenset({"suboptimal"}): "above another seed",
+        }.get(frozenset(kinds), "not converged or above another seed")
+        ax.plot(d, v, "o", ls="none", mfc="none", mec=colour, ms=5, label=f"{why} (not fitted)")
 
 
 def _draw_baseline(

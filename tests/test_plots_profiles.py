@@ -56,6 +56,11 @@ def test_plot_depth_baseline_unconverged_and_failed():
     # the log axis shows the depths > 0 only, the unconverged depth included
     assert [float(t) for t in ax.get_xticks()] == [2.0, 4.0, 8.0, 16.0, 32.0]
 
+    # a converged run that the seed certificate flags is drawn hollow too, and the label says why
+    flagged = [*rows, {"depth": 16, "seed": 9, "nc1": 7.0, "converged": True, "seed_ok": False}]
+    labels = [ln.get_label() for ln in plot_depth(flagged, "nc1").axes[0].get_lines()]
+    assert "not converged or above another seed (not fitted)" in labels
+
     # converged_only=False: the run at L = 32 joins the mean line and the fit
     loose = plot_depth(rows, "nc1", converged_only=False).axes[0]
     labels = [ln.get_label() for ln in loose.get_lines()]
