@@ -374,10 +374,25 @@ def closed_form(problem: Problem) -> Solution:
                 )
             W, M = math.sqrt(a * gamma) * E, math.sqrt(a / gamma) * E.T
         Hp = M[:, _point_labels(p)]
+    R = None
     if p.loss == "mse":
         # W, b: the exact ridge solution for these features (for free features it equals the
         # formula's classifier); the fit comes from the cancellation-free residual
         W, bvec, R = ridge_fit(p, Hp, p.points)
+    return _solution(p, W, Hp, bvec, R, geometry, info)
+
+
+def _solution(
+    p: Problem,
+    W: np.ndarray,
+    Hp: np.ndarray,
+    bvec: np.ndarray | None,
+    R: np.ndarray | None,
+    geometry: str,
+    info: dict,
+) -> Solution:
+    """The closed-form Solution, its value evaluated (MSE: from the ridge residual R)."""
+    if p.loss == "mse":
         fit, pen = mse_value(p, W, Hp, bvec, R, p.points)
     else:
         fit, pen = evaluate(p, W, Hp, bvec, p.points)
@@ -439,12 +454,4 @@ def _shared_closed_form(p: Problem, pvec: np.ndarray) -> Solution:
         pp = float(pvec @ pvec)
         fv = 0.5 * (1 - pp) + (mu_eff * pp / (2 * (1 + mu_eff)) if p.bias != "free" else 0.0)
     info["formula_value"] = fv
-    if p.loss == "mse":
-        fit, pen = mse_value(p, W, Hp, bvec, R, p.points)
-    else:
-        fit, pen = evaluate(p, W, Hp, bvec, p.points)
-    check_finite(p, fit + pen, W, Hp, bvec)
-    return Solution(
-        problem=p, W=W, H_points=Hp, b=bvec, value=fit + pen, fit=fit, penalty=pen,
-        geometry="shared_feature", method="closed_form", points=p.points, info=info,
-    )
+    return _solution(p, W, Hp, bvec, R if p.loss == "mse" else None, "shared_feature", info)
