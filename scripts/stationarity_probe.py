@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,18 +43,40 @@ def min_norm_in_hull(G: np.ndarray) -> float:
     return float(np.linalg.norm(G.T @ a))
 
 
+def _radii(text: str) -> list[float]:
+    try:
+        radii = [float(e) for e in text.split(",")]
+    except ValueError:
+        msg = f"expected comma-separated numbers, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not radii or min(radii) <= 0:
+        raise argparse.ArgumentTypeError(f"radii must be > 0, got {text!r}")
+    return radii
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--eps", default="1e-4,1e-3,1e-2")
-    ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("run_dir", type=Path, help="a finished run folder (config.json, checkpoint.pt)")
+    ap.add_argument("--eps", type=_radii, default="1e-4,1e-3,1e-2", help="ball radii")
+    ap.add_argument("--samples", type=int, default=200, help="gradients sampled per radius")
     args = ap.parse_args()
+    for name in ("config.json", "checkpoint.pt"):
+        if not (args.run_dir / name).is_file():
+            sys.exit(f"error: {args.run_dir} is not a finished run folder (no {name})")
+    try:
+        probe(args.run_dir, args.eps, args.samples)
+    except (OSError, ValueError, KeyError) as exc:
+        sys.exit(f"error: {exc}")
+
+
+def probe(run_dir: Path, radii: list[float], samples: int) -> None:
+    """Print the probes of the module docstring for the finished run in ``run_dir``."""
     torch.set_num_threads(1)
-    stored = json.loads((args.run_dir / "config.json").read_text())
+    stored = json.loads((run_dir / "config.json").read_text())
     cfg = RunConfig(**{k: v for k, v in stored.items() if k in RunConfig.__dataclass_fields__})
     data = load_run_data(cfg)
     model = build_model(cfg, data).double()
-    model.load_state_dict(load_checkpoint(args.run_dir / "checkpoint.pt")["model"])
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
     x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
     if x.is_floating_point():
         x = x.double()
@@ -76,14 +99,14 @@ def main() -> None:
     print(f"J = {J0:.10f}   ‖∇J‖ = {gn:.4g}   ‖θ‖ = {theta.norm().item():.4g}   n = {len(theta)}")
     gen = torch.Generator().manual_seed(0)
     n = len(theta)
-    for eps in (float(e) for e in args.eps.split(",")):
+    for eps in radii:
         grads = [g0]
-        for _ in range(args.samples):
+        for _ in range(samples):
             u = torch.randn(n, generator=gen, dtype=torch.float64)
             r = eps * torch.rand(1, generator=gen, dtype=torch.float64).item() ** (1.0 / n)
             grads.append(J_and_grad(theta + r * u / u.norm())[1])
         hull = min_norm_in_hull(torch.stack(grads).numpy())
-        print(f"ε = {eps:.0e}: min-norm sampled ε-subgradient {hull:.4g} ({args.samples} samples)")
+        print(f"ε = {eps:.0e}: min-norm sampled ε-subgradient {hull:.4g} ({samples} samples)")
     spreads: dict[str, torch.Tensor] = {}
 
     def record(name: str):  # a forward hook that returns None, so the output is unchanged

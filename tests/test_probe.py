@@ -43,3 +43,12 @@ def test_probe_runs_on_a_finished_run(tmp_path) -> None:
     ).stdout
     assert "‖∇J‖" in out and "ε = 1e-03" in out and "ΔJ along −∇J" in out
     assert "LN blocks" in out or "LN norms" in out
+
+
+def test_probe_refuses_a_folder_that_is_not_a_run(tmp_path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True
+    )
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == f"error: {tmp_path} is not a finished run folder (no config.json)"
+
