@@ -75,10 +75,8 @@ for _m in (
     Metric("nc3_papyan", "NC3 (Papyan)"),
     Metric("nc3_ufm", "NC3  (vs UFM optimum)", fitted=True),
     Metric("nc4", "NC4  (1 − NCM agreement)"),
-    Metric(
-        "procrustes_groups", "Procrustes distance of context features to the optimum", fitted=True
-    ),
-    Metric("gram_distance_groups", "Gram distance of context features to the optimum", fitted=True),
+    Metric("procrustes_groups", "contexts: Procrustes distance to optimum", fitted=True),
+    Metric("gram_distance_groups", "contexts: Gram distance to optimum", fitted=True),
     Metric("grad_norm", r"$\|\nabla J\|$ at the end", sign=0, short="‖∇J‖"),
     Metric("train_acc", "training accuracy", sign=-1),
     Metric("test_acc", "test accuracy", sign=-1),
