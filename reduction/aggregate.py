@@ -51,6 +51,8 @@ def monotone_certificate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     Zero blocks are the identity, so J_L* ≤ J_{L'}* ≤ J_{L'}(run) for L' ≤ L (THEORY §10), and
     per seed: j_upper(L) = min_{L' ≤ L} J_{L'}(run) ≥ J_L* ≥ UFM*. A run with
     J_L(run) > min_{L' < L} J_{L'}(run) (1 + MONOTONE_TOL) is provably not at the optimum.
+    The returned summary also carries the seed certificate across seeds on the same data
+    (``seed_tolerance``, ``seed_violations``, ``seed_ok``; see :func:`_seed_certificate`).
     """
     violations = []
     for seed in sorted({r["seed"] for r in rows}):

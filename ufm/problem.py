@@ -396,12 +396,19 @@ def evaluate(
         Ybar = C / m
         fit = float(np.sum(m * np.sum((Z - Ybar) ** 2, axis=0)) / (2 * N))
         fit += mse_constant(points, N)
+    return fit, penalty(problem, W, Hp, b, points)
+
+
+def penalty(
+    problem: Problem, W: np.ndarray, Hp: np.ndarray, b: np.ndarray | None, points: Points
+) -> float:
+    """(λ_W/2)‖W‖² (+ (λ_H/2)Σ_p m_p‖h_p‖² for free features, + (λ_b/2)‖b‖² if regularised)."""
     pen = 0.5 * problem.lam_W * float(np.sum(W**2))
     if problem.features == "free":
-        pen += 0.5 * problem.lam_H * float(np.sum(m * np.sum(Hp**2, axis=0)))
+        pen += 0.5 * problem.lam_H * float(np.sum(points.mult * np.sum(Hp**2, axis=0)))
     if problem.bias == "regularized" and b is not None:
         pen += 0.5 * problem.lam_b * float(np.sum(b**2))
-    return fit, pen
+    return pen
 
 
 def check_finite(problem: Problem, value: float, *arrays: np.ndarray | None) -> None:

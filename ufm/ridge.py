@@ -23,7 +23,7 @@ import math
 import numpy as np
 import scipy.linalg as sla
 
-from .problem import Points, Problem, mse_constant
+from .problem import Points, Problem, mse_constant, penalty
 
 # Cholesky is used while cond(Gram + λI) ≤ (‖A‖_F² + λ)/λ ≤ 1/RIDGE_CHOLESKY_RCOND + 1
 RIDGE_CHOLESKY_RCOND = 1e-10
@@ -119,9 +119,4 @@ def mse_value(
     `evaluate`, which forms W h + b − ȳ itself, rounds a fit of O(λ²) to ~1e-32)."""
     m, N = points.mult, problem.N
     fit = float(np.sum(m * np.sum(R**2, axis=0)) / (2 * N)) + mse_constant(points, N)
-    pen = 0.5 * problem.lam_W * float(np.sum(W**2))
-    if problem.features == "free":
-        pen += 0.5 * problem.lam_H * float(np.sum(m * np.sum(Hp**2, axis=0)))
-    if problem.bias == "regularized" and b is not None:
-        pen += 0.5 * problem.lam_b * float(np.sum(b**2))
-    return fit, pen
+    return fit, penalty(problem, W, Hp, b, points)
