@@ -88,8 +88,9 @@ def _seed_certificate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Across seeds: runs with the same fixed ``data_seed`` train on the same data, so every one
     of them bounds J_L* from above; j_best(L) = min over those runs at depths L' ≤ L. A run with
     J_L(run) > j_best(L)(1 + SEED_TOL) sits at a materially worse stationary point than another
-    seed found (columns ``seed_excess``, ``seed_ok``); rate fits leave it out. Runs whose data
-    depend on the seed (no ``data_seed``) get no verdict."""
+    seed found (columns ``seed_excess``, ``seed_ok``); rate fits leave it out. Rows carry the
+    subset seed they trained on as ``data_seed``; where each seed draws its own data, a group
+    holds one seed and the check compares it with its own shallower runs only."""
     shared = [r for r in rows if _ok(r) and r.get("data_seed") not in (None, "")]
     above = []
     for data_seed in sorted({str(r["data_seed"]) for r in shared}):
