@@ -14,12 +14,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 from .config import RunConfig, RunResult
+from .convergence import escape_probe, stationarity
 from .io import CorruptCheckpointError, atomic_write, load_result
 from .layers import Classifier, CollapseNet, LayerNorm
 from .models import ARCHS, Arch, build_model, register_arch
 from .objective import evaluate, gradient_norms
 from .resnet import ResNet, ResNetConfig
-from .train import TrainingDivergedError, load_run_data, stationarity, train
+from .train import TrainingDivergedError, load_run_data, train
 from .transformer import Transformer, TransformerConfig
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "__version__",
     "atomic_write",
     "build_model",
+    "escape_probe",
     "evaluate",
     "gradient_norms",
     "load_result",

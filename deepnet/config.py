@@ -43,7 +43,17 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 #: fields that may differ between a checkpointed run and its resumption (they do not change the
 #: trajectory): where it runs, how often it reports, and where a continuation came from
-RESUME_FREE = ("device", "checkpoint_every", "eval_every", "num_threads", "init_from")
+RESUME_FREE = (
+    "device",
+    "checkpoint_every",
+    "eval_every",
+    "num_threads",
+    "init_from",
+    "until_converged",
+)
+#: L-BFGS iterations between convergence checks when ``chunk_epochs`` is None (or the budget,
+#: when that is smaller)
+DEFAULT_CHUNK = 500
 #: fields that must agree between a continuation run and the shallower run it starts from
 CONTINUATION_SAME = (
     "arch",
@@ -62,6 +72,7 @@ CONTINUATION_SAME = (
     "loss",
     "bias",
     "decay_embedding",
+    "whiten_embedding",
 )
 
 
@@ -92,9 +103,23 @@ class RunConfig:
     (random) or "continuation" from the finished shallower run in ``init_from``, with the new
     blocks started near the identity (``pad_scale``).
 
-    Convergence (THEORY §9): ``converged`` needs the float64 gradient norm ≤ ``grad_tol`` and the
-    relative decrease of J over the last ``conv_window`` of the budget, taken at full step size,
-    ≤ ``rel_tol``.
+    ``whiten_embedding`` (THEORY §2, §9) parametrises the linear map of image/vector inputs as
+    E = V P with P the whitening of the training inputs: the same function class and objective,
+    a better conditioned problem. None = on for L-BFGS (the runs that aim at the optimum), off
+    for first-order runs (the paper's protocol); resolved to a bool at construction.
+
+    Convergence (THEORY §9): ``converged`` needs the float64 gradient norm ≤ ``grad_tol``, the
+    relative decrease of J over the last ``conv_window`` of the chunk (L-BFGS) or of the budget
+    (first-order), taken at full step size, ≤ ``rel_tol``, and an escape probe from the final
+    point (fresh L-BFGS for ``escape_lbfgs_iters`` iterations, float64 Adam at
+    ``escape_adam_lr`` for ``escape_adam_steps`` steps) that lowers J by ≤ ``escape_tol``.
+    For L-BFGS ``epochs`` is a cap: training runs in chunks of ``chunk_epochs`` iterations
+    (None = 500), restarting L-BFGS's memory whenever its line search fails,
+    and stops at the first chunk where the criteria hold (``until_converged``; False runs the
+    whole cap). A probe that lowers J by more than ``escape_tol`` at the end of a chunk hands
+    its point to the run, which continues from there; its steps count against the cap. At the
+    cap the criteria are only recorded, so a run resumed with a larger cap is the run trained
+    with that cap from the start.
     """
 
     arch: str = "rn1"
@@ -116,6 +141,7 @@ class RunConfig:
     lam: float = 0.005
     lam_schedule: str = "constant"
     decay_embedding: bool = False
+    whiten_embedding: bool | None = None
     bias: bool = False
     optimizer: str = "adam"
     lr: float = 3e-4
@@ -132,6 +158,12 @@ class RunConfig:
     grad_tol: float = 0.02
     rel_tol: float = 1e-3
     conv_window: float = 0.1
+    chunk_epochs: int | None = None
+    until_converged: bool = True
+    escape_tol: float = 1e-3
+    escape_lbfgs_iters: int = 50
+    escape_adam_steps: int = 200
+    escape_adam_lr: float = 1e-4
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
@@ -164,12 +196,22 @@ class RunConfig:
             raise ValueError(f"data_seed must be None or >= 0, got {self.data_seed}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
-        for name in ("lam", "pad_scale", "grad_tol", "rel_tol"):
+        for name in ("lam", "pad_scale", "grad_tol", "rel_tol", "escape_tol"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be finite and > 0, got {self.lr}")
+        for name in ("lr", "escape_adam_lr"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be finite and > 0, got {value}")
+        for name in ("escape_lbfgs_iters", "escape_adam_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.escape_lbfgs_iters == 0 and self.escape_adam_steps == 0:
+            raise ValueError(
+                "the escape probe needs at least one optimiser: set escape_lbfgs_iters or "
+                "escape_adam_steps >= 1 (converged is never claimed without it)"
+            )
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0 < self.conv_window <= 1:
@@ -192,8 +234,30 @@ class RunConfig:
                     f"warmup_epochs must be in [0, epochs) = [0, {self.epochs}), "
                     f"got {self.warmup_epochs}"
                 )
-        elif self.warmup_epochs:
-            raise ValueError("warmup_epochs applies to optimizer='lbfgs' only")
+            if self.chunk_epochs is not None:
+                if self.chunk_epochs < 1:
+                    raise ValueError(f"chunk_epochs must be None or >= 1, got {self.chunk_epochs}")
+                if self.chunk_epochs > self.epochs - self.warmup_epochs:
+                    raise ValueError(
+                        f"the cap epochs={self.epochs} (after {self.warmup_epochs} warm-up "
+                        f"epochs) is below the chunk size chunk_epochs={self.chunk_epochs}: "
+                        "raise epochs or lower chunk_epochs"
+                    )
+        else:
+            if self.warmup_epochs:
+                raise ValueError("warmup_epochs applies to optimizer='lbfgs' only")
+            if self.chunk_epochs is not None:
+                raise ValueError(
+                    "chunk_epochs applies to optimizer='lbfgs' only (a first-order schedule "
+                    "depends on its whole budget)"
+                )
+        if self.whiten_embedding is None:
+            self.whiten_embedding = self.optimizer == "lbfgs" and not self.decay_embedding
+        elif self.whiten_embedding and self.decay_embedding:
+            raise ValueError(
+                "whiten_embedding=True with decay_embedding=True would decay V, not the "
+                "embedding E = V P: set whiten_embedding=False"
+            )
         if self.init == "continuation" and self.depth == 0:
             raise ValueError("depth 0 has no shallower run to continue from: use init='default'")
         if self.init == "default" and self.init_from is not None:
@@ -205,6 +269,11 @@ class RunConfig:
         if self.lam_schedule == "inverse_depth":
             return self.lam / max(self.depth, 1)
         return self.lam
+
+    @property
+    def chunk(self) -> int:
+        """L-BFGS iterations between convergence checks (THEORY §9)."""
+        return DEFAULT_CHUNK if self.chunk_epochs is None else self.chunk_epochs
 
     @property
     def torch_dtype_name(self) -> str:
@@ -229,11 +298,14 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """The config stored as ``d`` (config.json). A missing ``whiten_embedding`` means False:
+        such a file predates the option, and its run used the plain embedding."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown RunConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        # a config written before the whitened embedding existed (v0.2) trained the plain one
+        return cls(**{"whiten_embedding": False, **d})
 
 
 def _check_types(cfg: Any) -> None:
@@ -281,7 +353,9 @@ class RunResult:
     ``stationarity`` (THEORY §9): ``grad_norm`` (float64 ‖∇J‖₂ over every trained parameter at
     the final point, and its split), ``rel_change`` (relative decrease of J over the final window,
     NaN when the step size was annealed there), the tolerances, ``converged`` and the ``reasons``
-    it failed. ``profile``: per-layer NC1/NC3, block norms and displacements (THEORY §10).
+    it failed, and the escape probe (``escape_rel``). ``epochs_done`` counts L-BFGS iterations
+    (epochs for first-order runs), ``escape_steps`` the probe steps the run adopted: the run used
+    ``epochs_done + escape_steps`` of its cap.
     """
 
     config: RunConfig
@@ -305,6 +379,12 @@ class RunResult:
     epochs_done: int = 0
     completed: bool = True
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: steps of the escape probes whose points the run adopted (THEORY §9; count against the cap)
+    escape_steps: int = 0
+    #: times L-BFGS's memory was emptied after its line search failed
+    lbfgs_resets: int = 0
+    #: the convergence checks at the ends of the chunks (L-BFGS): epoch, J, grad, window, probe
+    checks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def penalty(self) -> float:

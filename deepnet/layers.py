@@ -80,6 +80,64 @@ def init_linear(linear: nn.Linear) -> None:
         nn.init.zeros_(linear.bias)
 
 
+#: the whitening floor δ = WHITEN_FLOOR · tr(M)/D added to the inputs' second moment M (THEORY §2)
+WHITEN_FLOOR = 1e-3
+
+
+def whitening(inputs: Tensor, floor: float = WHITEN_FLOOR) -> tuple[Tensor, Tensor]:
+    """(P, P⁻¹) with P = (M + δI)^{-1/2}, M = XᵀX/N the second moment of the rows of ``inputs``
+    (N, D) and δ = floor · tr(M)/D, in float64 (THEORY §2). P is symmetric positive definite,
+    so E = V P is a change of variables: every E is reached by exactly one V."""
+    X = inputs.detach().to(torch.float64).reshape(len(inputs), -1)
+    if X.shape[0] == 0 or not torch.isfinite(X).all():
+        raise ValueError("whitening needs a non-empty, finite training input")
+    M = X.T @ X / X.shape[0]
+    evals, U = torch.linalg.eigh(M)
+    delta = floor * max(float(evals.clamp_min(0).mean()), torch.finfo(torch.float64).tiny)
+    root = (evals.clamp_min(0) + delta).sqrt()
+    return (U / root) @ U.T, (U * root) @ U.T
+
+
+class WhitenedLinear(nn.Module):
+    """A bias-free linear map x ↦ E x parametrised as E = V P with a fixed whitening P of the
+    training inputs (THEORY §2, §9). The function class is that of any E (P is invertible);
+    what changes is the geometry the optimizer sees: the input covariance, whose condition
+    number reaches ~10⁵ on MNIST, no longer enters the curvature of J in V.
+
+    ``weight`` is V (trained); ``effective_weight`` is E. Built from an ``nn.Linear`` whose
+    weight becomes E at the start (V = E P⁻¹), so the initialisation is unchanged. P is a
+    non-persistent buffer: it is recomputed from the training data whenever the model is built.
+    """
+
+    def __init__(self, linear: nn.Linear, inputs: Tensor, floor: float = WHITEN_FLOOR) -> None:
+        super().__init__()
+        P, P_inv = whitening(inputs, floor)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        if P.shape[0] != self.in_features:
+            raise ValueError(
+                f"whitening inputs have {P.shape[0]} features, the map takes {self.in_features}"
+            )
+        E = linear.weight.detach().to(torch.float64)
+        self.weight = nn.Parameter((E @ P_inv).to(linear.weight.dtype))
+        self.register_buffer("P", P, persistent=False)
+        self.register_buffer("P_inv", P_inv, persistent=False)
+
+    @property
+    def effective_weight(self) -> Tensor:
+        return self.weight @ self.P
+
+    def effective_grad(self) -> Tensor | None:
+        """∂J/∂E = (∂J/∂V) P⁻¹ (P symmetric): the gradient in the canonical coordinates E, so
+        that the gradient test of THEORY §9 does not depend on the parametrisation."""
+        return None if self.weight.grad is None else self.weight.grad @ self.P_inv
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.effective_weight.T
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, whitened"
+
+
 def check_common(width: int, depth: int, norm: str, num_classes: int) -> None:
     """Validation shared by every model config."""
     if width < 2:

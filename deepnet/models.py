@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
-from .layers import CollapseNet
+from .layers import CollapseNet, WhitenedLinear
 from .resnet import ResNet, ResNetConfig
 from .transformer import Transformer, TransformerConfig
 
@@ -153,4 +154,24 @@ def build_model(config: Any, data: Any) -> CollapseNet:
     """The network ``config`` describes, sized for ``data`` (a ``deepnet.data.Dataset``)."""
     if config.arch not in ARCHS:
         raise ValueError(f"unknown arch {config.arch!r}; registered: {sorted(ARCHS)}")
-    return ARCHS[config.arch].build(config, data)
+    model = ARCHS[config.arch].build(config, data)
+    if getattr(config, "whiten_embedding", False):
+        whiten_embedding(model, data)
+    return model
+
+
+def whiten_embedding(model: CollapseNet, data: Any) -> None:
+    """Re-parametrise the linear input map of dense inputs as E = V P, with P the whitening of
+    the training inputs the map sees (THEORY §2): the flattened inputs of a ResNet, the patches
+    of a transformer. Token embeddings (text) are left as they are. E is unchanged at the start."""
+    if data.kind == "text":
+        return
+    x = torch.as_tensor(np.asarray(data.x_train), dtype=torch.float64)
+    if isinstance(model, ResNet):
+        model.embed["E"] = WhitenedLinear(model.embed["E"], x.flatten(1))
+    elif isinstance(model, Transformer):
+        patches = model.patches(x)
+        flat = patches.reshape(-1, patches.shape[-1])
+        model.embed.patch = WhitenedLinear(model.embed.patch, flat)
+    else:  # pragma: no cover - a new architecture must say where its input map is
+        raise ValueError(f"whiten_embedding: no dense input map found in {type(model).__name__}")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layers import CollapseNet, half_sq_norm
+from .layers import CollapseNet, WhitenedLinear, half_sq_norm
 
 #: samples per forward in full-set evaluation (bounds memory, not results)
 EVAL_CHUNK = 8192
@@ -76,7 +76,8 @@ def gradient_norms(
     model: CollapseNet, x: Tensor, y: Tensor, lam: float, loss: str
 ) -> dict[str, float]:
     """‖∇J‖₂ in float64 over every trained parameter at the current point, and its split into
-    embedding, body and classifier (THEORY §9). The model is not modified: a float64 copy is
+    embedding, body and classifier (THEORY §9); for a whitened embedding E = V P the gradient
+    with respect to E itself. The model is not modified: a float64 copy is
     differentiated (in chunks of samples, so memory is bounded), in eval mode."""
     m64 = copy.deepcopy(model).to(torch.float64)
     m64.eval()
@@ -87,10 +88,15 @@ def gradient_norms(
         data_term(m64(xx[s]), y[s], loss, total=n).backward()
     if lam > 0:
         (lam * half_sq_norm([p for _, p in m64.decayed_parameters()])).backward()
+    # a whitened map E = V P reports ∂J/∂E, not ∂J/∂V: the test reads the canonical coordinates
+    grads = {id(p): p.grad for p in m64.parameters()}
+    for module in m64.modules():
+        if isinstance(module, WhitenedLinear):
+            grads[id(module.weight)] = module.effective_grad()
     out: dict[str, float] = {}
     total = 0.0
     for group, params in m64.parameter_groups().items():
-        sq = sum(float(p.grad.square().sum()) for p in params if p.grad is not None)
+        sq = sum(float(grads[id(p)].square().sum()) for p in params if grads[id(p)] is not None)
         out[f"grad_norm_{group}"] = math.sqrt(sq)
         total += sq
     out["grad_norm"] = math.sqrt(total)

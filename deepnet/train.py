@@ -4,10 +4,12 @@ Optimizers: Adam or SGD (minibatches from a seeded ``torch.randperm`` per epoch,
 and full-batch L-BFGS in float64 with a strong-Wolfe line search (optionally after a first-order
 warm-up). For L-BFGS one "epoch" is one iteration. Data live on the device as whole tensors.
 
-Every run ends with a stationarity record (THEORY §9): the float64 gradient norm at the final
-point and the relative decrease of J over the final window of the budget at full step size, and
-``converged`` only when both are below their tolerances (criteria that can fail: an annealed
-learning rate makes the window test fail instead of passing trivially).
+Every run ends with a stationarity record (THEORY §9, :mod:`deepnet.convergence`): the float64
+gradient norm at the final point, the relative decrease of J over the final window at full step
+size, and an escape probe (fresh L-BFGS and float64 Adam from the final point); ``converged`` only
+when all three pass. For L-BFGS ``epochs`` is a cap: the run trains in chunks, empties L-BFGS's
+memory whenever its line search fails, checks the criteria at the end of each chunk, adopts the
+point of a probe that lowers J, and stops once the criteria hold.
 
 Checkpoints (model, optimizer state, step, RNG, history) are written atomically; a resumed run is
 bitwise identical to an uninterrupted one on the CPU, for every optimizer. ``init="continuation"``
@@ -30,6 +32,14 @@ import torch
 from torch import Tensor
 
 from .config import CONTINUATION_SAME, RESUME_FREE, RunConfig, RunResult
+from .convergence import (
+    convergence_window,
+    escape_probe,
+    lbfgs_steps,
+    lr_at,
+    make_lbfgs,
+    stationarity,
+)
 from .io import (
     CorruptCheckpointError,
     load_checkpoint,
@@ -43,12 +53,6 @@ from .io import (
 from .layers import CollapseNet
 from .models import build_model
 from .objective import EVAL_CHUNK, batch_objective, evaluate, gradient_norms
-
-#: the first-order window test needs the learning rate over the window to stay at least this
-#: fraction of its peak ("full step size", THEORY §9); cosine-to-zero fails it by design
-FULL_STEP_FRACTION = 0.5
-#: line-search evaluations allowed per L-BFGS iteration (torch's strong-Wolfe uses at most 25)
-MAX_EVALS_PER_ITER = 25
 
 #: hook called at every evaluation point with (epoch, model, evaluation dict); what it returns
 #: is stored in that history entry (the sweep uses it for NC metrics over training)
@@ -93,18 +97,6 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
     return dev
-
-
-def lr_at(config: RunConfig, step: int, total_steps: int) -> float:
-    """First-order learning rate at step ``step`` (0-based): cosine from lr to 0, or constant."""
-    if config.lr_schedule == "constant":
-        return config.lr
-    return 0.5 * config.lr * (1.0 + math.cos(math.pi * step / total_steps))
-
-
-def convergence_window(config: RunConfig) -> int:
-    """Iterations/epochs of the final window the relative-change test looks at (≥ 1)."""
-    return max(1, round(config.conv_window * config.epochs))
 
 
 @contextlib.contextmanager
@@ -178,7 +170,18 @@ class _Run:
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_before: float = 0.0
+    #: L-BFGS's line search could make no progress even with empty memory
     stalled: bool = False
+    #: training is over before the cap: the criteria hold (until_converged), or a hard stall
+    #: that no probe could leave
+    finished: bool = False
+    #: L-BFGS's memory is empty (just created or reset): a failed line search is then a stall
+    fresh: bool = True
+    resets: int = 0
+    escape_steps: int = 0
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    #: the stationarity record of the current point, when the last check was taken there
+    current: dict[str, Any] | None = None
     last_eval: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     # ---------------------------------------------------------------------------------- setup
@@ -225,7 +228,7 @@ class _Run:
             _continue_from(config, model, run.run_path)
         if run.run_path is not None:
             write_json(run.run_path / "config.json", config.to_dict())
-            if run.epoch < config.epochs:  # results of an earlier run in this folder are stale
+            if not run.completed:  # results of an earlier run in this folder are stale
                 for stale in ("metrics.json", "features.npz"):
                     (run.run_path / stale).unlink(missing_ok=True)
         return run
@@ -243,18 +246,7 @@ class _Run:
             self.first: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.lr, foreach=True)
         else:
             self.first = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
-        self.lbfgs = None
-        if cfg.optimizer == "lbfgs":
-            # tolerances 0: stopping is ours (budget, stall), never torch's silent early exit
-            self.lbfgs = torch.optim.LBFGS(
-                params,
-                lr=1.0,
-                max_iter=1,
-                history_size=cfg.lbfgs_history,
-                tolerance_grad=0.0,
-                tolerance_change=0.0,
-                line_search_fn="strong_wolfe",
-            )
+        self.lbfgs = make_lbfgs(params, cfg.lbfgs_history) if cfg.optimizer == "lbfgs" else None
         self.perm_gen = torch.Generator(device=self.device)
         self.perm_gen.manual_seed(cfg.seed + 1)
 
@@ -266,9 +258,10 @@ class _Run:
         stored, mine = ckpt["config"], self.config.to_dict()
         diff = sorted(k for k in mine if k not in RESUME_FREE and stored.get(k) != mine[k])
         if "epochs" in diff and self.config.schedule_free:
-            if int(ckpt["epoch"]) > self.config.epochs:
+            used = int(ckpt["epoch"]) + int(ckpt.get("escape_steps", 0))
+            if used > self.config.epochs:
                 raise ValueError(
-                    f"{self.run_path} holds a run already trained for {ckpt['epoch']} epochs, "
+                    f"{self.run_path} holds a run that already used {used} epochs/iterations, "
                     f"more than epochs={self.config.epochs}; use another folder or resume=False"
                 )
             diff.remove("epochs")  # no schedule depends on it: a larger budget continues the run
@@ -281,14 +274,33 @@ class _Run:
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
-        self.first.load_state_dict(ckpt["optimizer"]["first"])
-        if self.lbfgs is not None and ckpt["optimizer"].get("lbfgs") is not None:
-            self.lbfgs.load_state_dict(ckpt["optimizer"]["lbfgs"])
+        opt = ckpt["optimizer"]
+        if opt.get("first") is not None:
+            self.first.load_state_dict(opt["first"])
+        if self.lbfgs is not None and opt.get("lbfgs") is not None:
+            self.lbfgs.load_state_dict(opt["lbfgs"])
         set_rng_state(self.perm_gen, ckpt["rng"])
         self.epoch = int(ckpt["epoch"])
         self.history = list(ckpt["history"])
         self.wall_before = float(ckpt.get("wall_time_s", 0.0))
-        self.stalled = bool(ckpt.get("stalled", False))
+        loop = ckpt.get("loop", {})
+        self.stalled = bool(loop.get("stalled", False))
+        self.finished = bool(loop.get("finished", False))
+        self.fresh = bool(loop.get("fresh", opt.get("lbfgs") is None))
+        self.resets = int(loop.get("resets", 0))
+        self.escape_steps = int(loop.get("escape_steps", 0))
+        self.checks = list(loop.get("checks", []))
+        self.current = loop.get("current")
+        stored_cap = int(ckpt["config"].get("epochs", self.config.epochs))
+        ended_at_cap = self.epoch + self.escape_steps >= stored_cap
+        if self.finished and not self.stalled and (
+            not self.config.until_converged or (ended_at_cap and self.config.epochs > stored_cap)
+        ):
+            # a run resumed with until_converged=False trains on; so does a run whose check at
+            # its old cap passed, when the cap grows: that check was a record, not a stop
+            self.finished = False
+        if self.config.epochs > stored_cap and ended_at_cap:
+            self.current = None
 
     @property
     def ckpt_path(self) -> Path | None:
@@ -300,6 +312,7 @@ class _Run:
         state = {
             "config": self.config.to_dict(),
             "epoch": self.epoch,
+            "escape_steps": self.escape_steps,
             "model": self.model.state_dict(),
             "optimizer": {
                 "first": self.first.state_dict(),
@@ -308,7 +321,15 @@ class _Run:
             "rng": rng_state(self.perm_gen),
             "history": self.history,
             "wall_time_s": self.wall_before + time.perf_counter() - self.t0,
-            "stalled": self.stalled,
+            "loop": {
+                "stalled": self.stalled,
+                "finished": self.finished,
+                "fresh": self.fresh,
+                "resets": self.resets,
+                "escape_steps": self.escape_steps,
+                "checks": self.checks,
+                "current": self.current,
+            },
         }
         save_checkpoint(self.ckpt_path, state)
 
@@ -319,11 +340,26 @@ class _Run:
         return self.config.effective_lam
 
     @property
-    def window_start(self) -> int:
-        return self.config.epochs - convergence_window(self.config)
+    def budget_left(self) -> int:
+        """Epochs/iterations left under the cap (adopted probe steps count against it)."""
+        return self.config.epochs - self.epoch - self.escape_steps
 
     def _lbfgs_phase(self, epoch: int) -> bool:
         return self.lbfgs is not None and epoch >= self.config.warmup_epochs
+
+    def _chunk_end(self, e: int) -> bool:
+        """Whether L-BFGS iteration ``e`` ends a chunk (a convergence check follows)."""
+        start = self.config.warmup_epochs
+        return self.lbfgs is not None and e > start and (e - start) % self.config.chunk == 0
+
+    def _window_starts(self) -> set[int]:
+        """The epochs J must be recorded at for the window tests: w before each chunk end
+        (L-BFGS) or before the end of the budget (first-order)."""
+        cfg, w = self.config, convergence_window(self.config)
+        if self.lbfgs is None:
+            return {cfg.epochs - w}
+        ends = set(range(cfg.warmup_epochs + cfg.chunk, cfg.epochs + 1, cfg.chunk))
+        return {c - w for c in ends | {cfg.epochs}}
 
     def _lr(self, epoch: int) -> float | None:
         """The first-order lr in force at the start of ``epoch`` (None in the L-BFGS phase)."""
@@ -335,18 +371,27 @@ class _Run:
         return lr_at(self.config, step, self.total_steps)
 
     def must_eval(self, e: int) -> bool:
-        return e % self.config.eval_every == 0 or e in (self.window_start, self.config.epochs)
+        return (
+            e % self.config.eval_every == 0
+            or e == self.config.epochs
+            or self._chunk_end(e)
+            or e in self._window_starts()
+        )
 
     def _next_boundary(self, stop_at: int) -> int:
         """The next epoch at which something happens: an evaluation, a checkpoint, the start of
-        the convergence window, the end of the warm-up, or the end of this call."""
+        a convergence window, the end of a chunk or of the warm-up, or the end of this call."""
         cfg, e = self.config, self.epoch
         marks = [
             (e // cfg.eval_every + 1) * cfg.eval_every,
             (e // cfg.checkpoint_every + 1) * cfg.checkpoint_every,
             stop_at,
+            e + max(self.budget_left, 1),
         ]
-        marks += [m for m in (self.window_start, cfg.warmup_epochs) if m > e]
+        marks += [m for m in (*self._window_starts(), cfg.warmup_epochs) if m > e]
+        if self._lbfgs_phase(e):
+            start = cfg.warmup_epochs
+            marks.append(start + ((e - start) // cfg.chunk + 1) * cfg.chunk)
         return min(marks)
 
     def _diverged(self, where: str) -> TrainingDivergedError:
@@ -359,16 +404,18 @@ class _Run:
             kept = "no run_dir given"
         return TrainingDivergedError(f"{where}{lr}; {kept}")
 
-    def record(self, at_epoch: int) -> dict[str, Any]:
+    def record(self, at_epoch: int, phase: str | None = None) -> dict[str, Any]:
         ev = evaluate(self.model, self.x, self.y, self.lam, self.config.loss)
         if not math.isfinite(ev["objective"]):
             raise self._diverged(f"objective is {ev['objective']} at epoch {at_epoch}")
         before = max(at_epoch - 1, 0)
-        phase = "lbfgs" if self._lbfgs_phase(before) else "first-order"
+        if phase is None:
+            phase = "lbfgs" if self._lbfgs_phase(before) else "first-order"
         entry = history_entry(at_epoch, ev, phase, self._lr(before))
         if self.eval_hook is not None:
             entry.update(self.eval_hook(at_epoch, self.model, ev))
-        if not self.history or self.history[-1]["epoch"] != at_epoch:
+        last = self.history[-1] if self.history else None
+        if last is None or last["epoch"] != at_epoch or phase == "escape":
             self.history.append(entry)
         self.last_eval = {at_epoch: ev}  # keep one (features are N×d)
         return ev
@@ -401,57 +448,113 @@ class _Run:
             bad = bad | ~torch.isfinite(loss.detach())
         return bad
 
+    def _objective(self) -> Tensor:
+        return batch_objective(self.model, self.x, self.y, self.lam, self.config.loss, self.decayed)
+
     def _lbfgs_chunk(self, n: int) -> int:
-        """Run up to ``n`` L-BFGS iterations in one ``step`` call; returns how many ran (fewer
-        only when the line search can make no progress: the run has stalled)."""
+        """Run up to ``n`` L-BFGS iterations; returns how many ran. When the line search fails
+        (fewer than ``n``), L-BFGS's memory is emptied; if it was already empty and J did not
+        fall, the run has stalled (``self.stalled``)."""
         opt = self.lbfgs
         assert opt is not None
-        group = opt.param_groups[0]
-        group["max_iter"] = n
-        group["max_eval"] = n * MAX_EVALS_PER_ITER + 1
-        state = opt.state[group["params"][0]]
-        before = int(state.get("n_iter", 0))
 
         def closure() -> Tensor:
             opt.zero_grad(set_to_none=False)
-            J = batch_objective(
-                self.model, self.x, self.y, self.lam, self.config.loss, self.decayed
-            )
+            J = self._objective()
             J.backward()
             return J
 
-        loss = opt.step(closure)
-        if not math.isfinite(float(loss.detach())):
+        was_fresh = self.fresh
+        done, start_loss = lbfgs_steps(opt, closure, n)
+        if not math.isfinite(float(start_loss.detach())):
             raise self._diverged(
                 f"non-finite objective in L-BFGS before iteration {self.epoch + n}"
             )
         # the trajectory does not depend on how iterations are grouped into step calls: each
         # call re-evaluates J at the current point, which the state already determines
-        return int(opt.state[group["params"][0]].get("n_iter", 0)) - before
+        if done < n:
+            with torch.no_grad():
+                fell = float(self._objective()) < float(start_loss)
+            self.stalled = was_fresh and not fell
+            opt.state.clear()  # a stale quasi-Newton model: start again from -∇J
+            self.fresh = True
+            self.resets += 1
+        elif done > 0:
+            self.fresh = False
+        return done
+
+    def _check(self) -> None:
+        """The convergence check at the end of a chunk, a stall or the cap (THEORY §9): the
+        gradient and window tests, and the escape probe once those pass (or when the run can
+        go no further). The run stops when the criteria hold (``until_converged``); a probe
+        that lowers J by more than escape_tol (after a stall: at all) hands the run its point,
+        with empty L-BFGS memory; a stall that no probe can leave ends the run."""
+        cfg = self.config
+        grads = gradient_norms(self.model, self.x, self.y, self.lam, cfg.loss)
+        rec = stationarity(cfg, self.history, grads, self.epoch, self.stalled, None)
+        others = [r for r in rec["reasons"] if r != "no escape probe was run"]
+        at_end = self.budget_left <= 0
+        probe, state = None, None
+        if not others or self.stalled or at_end:
+            probe, state = escape_probe(self.model, self.x, self.y, cfg)
+            rec = stationarity(cfg, self.history, grads, self.epoch, self.stalled, probe)
+        self.checks.append(
+            {
+                "epoch": self.epoch,
+                "escape_steps_before": self.escape_steps,
+                "objective": rec["final_objective"],
+                "grad_norm": rec["grad_norm"],
+                "rel_change": rec["rel_change"],
+                "escape_rel": rec["escape_rel"],
+                "escape_by": None if probe is None else probe["escape_by"],
+                "stalled": self.stalled,
+                "converged": rec["converged"],
+            }
+        )
+        self.current = rec
+        if rec["converged"]:
+            if cfg.until_converged:
+                self.finished = True
+            return
+        # a probe's point is adopted when it lowers J by more than the tolerance, and after a
+        # stall when it lowers J at all (nothing else can move the run)
+        # (at the cap the check is a record: the run ends where its budget ended)
+        threshold = 0.0 if self.stalled else cfg.escape_tol
+        if at_end:
+            return
+        if probe is not None and state is not None and probe["escape_rel"] > threshold:
+            with torch.no_grad():
+                for name, value in state.items():
+                    self.model.state_dict()[name].copy_(value)
+            self.escape_steps += int(probe["escape_steps"])
+            assert self.lbfgs is not None
+            self.lbfgs.state.clear()
+            self.fresh, self.stalled, self.current = True, False, None
+            self.record(self.epoch, phase="escape")
+        elif self.stalled:
+            self.finished = True  # neither L-BFGS nor a probe can lower J from here
 
     def loop(self, stop_at: int, progress: bool) -> None:
         if self.epoch == 0 and not self.history:
             self.record(0)
         bar = None
-        if progress and stop_at > self.epoch:
+        if progress and stop_at > self.epoch and not self.completed:
             from tqdm import tqdm  # plain tqdm: works in terminals, logs and notebooks alike
 
             bar = tqdm(
                 total=self.config.epochs,
-                initial=self.epoch,
+                initial=self.epoch + self.escape_steps,
                 desc=f"{self.config.arch} L={self.config.depth} seed={self.config.seed}",
                 mininterval=0.5,
             )
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self.model.train()
         try:
-            while self.epoch < stop_at and not self.stalled:
-                target = self._next_boundary(stop_at)
-                before = self.epoch
+            while self.epoch < stop_at and self.budget_left > 0 and not self.finished:
+                target = min(self._next_boundary(stop_at), self.epoch + self.budget_left)
+                before, used = self.epoch, self.escape_steps
                 if self._lbfgs_phase(self.epoch):
-                    done = self._lbfgs_chunk(target - self.epoch)
-                    self.epoch += done
-                    self.stalled = self.epoch < target
+                    self.epoch += self._lbfgs_chunk(target - self.epoch)
                 else:
                     while self.epoch < target:
                         bad = self._first_order_epoch(bad)
@@ -461,18 +564,25 @@ class _Run:
                     bool(torch.isfinite(p).all()) for p in self.model.parameters()
                 ):
                     raise self._diverged(f"non-finite training loss before epoch {self.epoch}")
+                if self.epoch != before:
+                    self.current = None
                 if self.must_eval(self.epoch) or self.stalled:
                     ev = self.record(self.epoch)
                     if bar is not None:
                         bar.set_postfix(J=f"{ev['objective']:.6g}", acc=f"{ev['train_acc']:.3f}")
+                if self._lbfgs_phase(max(self.epoch - 1, 0)) and (
+                    self._chunk_end(self.epoch) or self.stalled or self.budget_left <= 0
+                ) and self.current is None:
+                    self._check()
                 if (
                     self.epoch % self.config.checkpoint_every == 0
                     or self.epoch == stop_at
-                    or self.stalled
+                    or self.completed
+                    or self.escape_steps != used
                 ):
                     self.save()
                 if bar is not None:
-                    bar.update(self.epoch - before)
+                    bar.update(self.epoch + self.escape_steps - before - used)
         finally:
             if bar is not None:
                 bar.close()
@@ -481,7 +591,7 @@ class _Run:
 
     @property
     def completed(self) -> bool:
-        return self.epoch >= self.config.epochs or self.stalled
+        return self.finished or self.budget_left <= 0
 
     def finish(self) -> RunResult:
         cfg, model = self.config, self.model
@@ -492,6 +602,13 @@ class _Run:
             raise self._diverged(f"objective is {final['objective']} at epoch {self.epoch}")
         if self.completed and (not self.history or self.history[-1]["epoch"] != self.epoch):
             self.record(self.epoch)
+        station = self.current
+        if station is None and self.completed:
+            grads = gradient_norms(model, self.x, self.y, self.lam, cfg.loss)
+            probe, _ = escape_probe(model, self.x, self.y, cfg)
+            station = stationarity(cfg, self.history, grads, self.epoch, self.stalled, probe)
+            self.current = station
+            self.save()
         result = make_result(
             cfg,
             model,
@@ -503,7 +620,11 @@ class _Run:
             completed=self.completed,
             wall_time_s=self.wall_before + time.perf_counter() - self.t0,
             device=self.device,
+            station=station,
         )
+        result.escape_steps = self.escape_steps
+        result.lbfgs_resets = self.resets
+        result.checks = list(self.checks)
         if self.run_path is not None and self.completed:
             write_result(self.run_path, result)
         return result
@@ -521,10 +642,12 @@ def make_result(
     completed: bool,
     wall_time_s: float,
     device: torch.device,
+    station: dict[str, Any] | None = None,
 ) -> RunResult:
     """The RunResult of a trained model: ``final`` is its last evaluation (``evaluate``); the
-    test accuracy, the float64 gradient norms, the stationarity record and the provenance are
-    computed here. The model rides along in memory (``result.model``) for measurements."""
+    test accuracy, the float64 gradient norms, the stationarity record (``station`` when the
+    caller has it for this point; else computed here, with an escape probe when ``completed``)
+    and the provenance are computed here. The model rides along in memory (``result.model``)."""
     x, y, x_test, y_test = tensors
     test_acc = None
     if x_test is not None:
@@ -539,7 +662,10 @@ def make_result(
             )
             model.train(was)
         test_acc = float((pred == y_test).double().mean())
-    grads = gradient_norms(model, x, y, cfg.effective_lam, cfg.loss)
+    if station is None:
+        grads = gradient_norms(model, x, y, cfg.effective_lam, cfg.loss)
+        probe = escape_probe(model, x, y, cfg)[0] if completed else None
+        station = stationarity(cfg, history, grads, epochs_done, stalled, probe)
     b = model.classifier.bias
     result = RunResult(
         config=cfg,
@@ -556,7 +682,7 @@ def make_result(
         b=None if b is None else b.detach().double().cpu().numpy(),
         history=history,
         decayed=[name for name, _ in model.decayed_parameters()],
-        stationarity=stationarity(cfg, history, grads, epochs_done, stalled),
+        stationarity=station,
         wall_time_s=wall_time_s,
         device=str(device),
         num_params=model.num_params(),
@@ -566,77 +692,6 @@ def make_result(
     )
     result.model = model  # type: ignore[attr-defined]  # in memory only, for measurements
     return result
-
-
-def stationarity(
-    config: RunConfig,
-    history: list[dict[str, Any]],
-    grads: dict[str, float],
-    epochs_done: int,
-    stalled: bool = False,
-) -> dict[str, Any]:
-    """The convergence record of a run (THEORY §9).
-
-    rel_change = (J(E − w) − J(E)) / |J(E)| over the final window of w = conv_window·epochs
-    epochs/iterations (the relative *decrease*; negative if J rose), taken only at full step size:
-    always for L-BFGS after its warm-up, for a first-order optimizer only if its learning rate
-    stayed ≥ 50% of its peak over the window (a cosine schedule annealed to 0 fails here by
-    design: a small change at a tiny step says nothing about stationarity).
-    converged ⇔ grad_norm ≤ grad_tol and |rel_change| ≤ rel_tol and the budget was used up;
-    when L-BFGS stalled (its line search could make no further progress, possibly within the
-    first window) the gradient criterion alone decides.
-    """
-    w = convergence_window(config)
-    end = epochs_done
-    start = max(end - w, 0)  # a run that stalled early: the window is the whole run
-    by_epoch = {int(h["epoch"]): h for h in history}
-    earlier = [e for e in by_epoch if e <= start]
-    j1 = by_epoch[end]["objective"] if end in by_epoch else math.nan
-    j0 = by_epoch[max(earlier)]["objective"] if earlier else math.nan
-    if config.optimizer == "lbfgs":
-        full_step = start >= config.warmup_epochs
-        min_lr_ratio = None
-    else:
-        # the lr at each epoch boundary of the window (cosine is monotone within an epoch)
-        lrs = [lr_at(config, e, config.epochs) / config.lr for e in range(max(start, 0), end + 1)]
-        min_lr_ratio = min(lrs) if lrs else 1.0
-        full_step = min_lr_ratio >= FULL_STEP_FRACTION
-    rel = (j0 - j1) / abs(j1) if (full_step and math.isfinite(j0) and j1) else math.nan
-    reasons = []
-    if end < config.epochs and not stalled:
-        reasons.append(f"budget not finished ({end} of {config.epochs})")
-    if not grads["grad_norm"] <= config.grad_tol:
-        reasons.append(f"gradient norm {grads['grad_norm']:.3g} > grad_tol {config.grad_tol:g}")
-    if not full_step:
-        if min_lr_ratio is not None:
-            reasons.append(
-                f"step size annealed over the final window (lr down to "
-                f"{100 * min_lr_ratio:.2g}% of its peak): the change of J there proves nothing"
-            )
-        else:
-            reasons.append("the final window reaches into the first-order warm-up")
-    elif stalled:
-        pass  # the line search found no decrease at all: judged by the gradient alone
-    elif not abs(rel) <= config.rel_tol:
-        reasons.append(
-            f"J moved by {100 * rel:+.3g}% over the last {w} "
-            f"{'iterations' if config.optimizer == 'lbfgs' else 'epochs'} "
-            f"(rel_tol {100 * config.rel_tol:g}%)"
-        )
-    return {
-        **grads,
-        "rel_change": rel,
-        "window": w,
-        "window_start_objective": j0,
-        "final_objective": j1,
-        "full_step": bool(full_step),
-        "min_lr_ratio": min_lr_ratio,
-        "grad_tol": config.grad_tol,
-        "rel_tol": config.rel_tol,
-        "stalled": bool(stalled),
-        "converged": not reasons,
-        "reasons": reasons,
-    }
 
 
 def _continue_from(config: RunConfig, model: CollapseNet, run_path: Path | None) -> None:

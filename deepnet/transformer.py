@@ -224,6 +224,11 @@ class Transformer(CollapseNet):
             if x.shape[1] > cfg.max_len:
                 raise ValueError(f"text length {x.shape[1]} exceeds max_len={cfg.max_len}")
             return self.embed.tok(x), x != 0
+        return self.embed.patch(self.patches(x)), None
+
+    def patches(self, x: Tensor) -> Tensor:
+        """The (N, T, patch_dim) patches of image or vector inputs, before the patch map."""
+        cfg = self.config
         p = cfg.patch_size
         if cfg.kind == "image":
             if x.ndim != 4:
@@ -243,7 +248,7 @@ class Transformer(CollapseNet):
             if x.ndim != 2 or x.shape[1] != cfg.input_dim:
                 raise ValueError(f"vector input must be (N, {cfg.input_dim}), got {tuple(x.shape)}")
             patches = x.reshape(x.shape[0], -1, p)
-        return self.embed.patch(patches), None
+        return patches
 
     def features(self, x: Tensor, all_layers: bool = False) -> Any:
         streams, keep = self._streams(x, all_layers)

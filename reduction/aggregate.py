@@ -19,7 +19,7 @@ from typing import Any
 from deepnet.io import atomic_write, json_default, write_json
 from reduction.plots import plot_depth
 from reduction.presets import Preset
-from reduction.rates import preset_verdict, rate_table, summarize_by_depth
+from reduction.rates import GAP_FRACTION, preset_verdict, rate_table, summarize_by_depth
 from reduction.registry import rate_metrics, summary_metrics
 
 #: metrics aggregated per depth, and those fitted for a log–log rate (see reduction.registry)
@@ -208,7 +208,9 @@ def report(
     for s in summary:
         group = [r for r in ok if r["depth"] == s["depth"]]
         s["n_converged"] = sum(bool(r.get("converged")) for r in group)
-    rates = rate_table(ok, [m for m in RATE_METRICS if m in ok[0]], converged_only=True)
+    rates = rate_table(
+        ok, [m for m in RATE_METRICS if m in ok[0]], converged_only=True, targets=_targets(ok)
+    )
     verdict = preset_verdict(rates, preset.expect, list(preset.verdict_metrics))
     _write_csv(paths["summary"], long_summary(summary, metrics))
     _write_csv(paths["rates"], rates)
@@ -255,6 +257,16 @@ def report(
         verdict=verdict,
         paths=paths,
     )
+
+
+def _targets(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Where the depth estimate looks (THEORY §12): the gap J_L − UFM* at GAP_FRACTION·UFM*
+    (when every row shares one UFM*), the relative gap at GAP_FRACTION."""
+    out = {"objective_rel_gap": GAP_FRACTION}
+    values = {float(r["ufm_value"]) for r in rows if r.get("ufm_value") is not None}
+    if len(values) == 1:
+        out["objective_gap"] = GAP_FRACTION * values.pop()
+    return out
 
 
 def seed_certificate_lines(mono: Mapping[str, Any]) -> list[str]:
@@ -347,31 +359,54 @@ def markdown_summary(result: Any) -> str:
     out += seed_certificate_lines(mono)
     for c in result.budget_checks:
         if c.get("status") == "ok":
+            ran = c.get("iterations_run")
             out.append(
-                f"2×-budget rerun at L = {c['depth']}: J {c['objective']:.5g} → "
-                f"{c['objective_2x']:.5g} ({100 * c['rel_improvement_2x']:+.2f}%; rerun converged: "
-                f"{c['converged_2x']}) → {'passes' if c['ok'] else 'fails'} (tolerance "
-                f"{100 * c['tolerance']:g}%)."
+                f"2×-budget rerun at L = {c['depth']}"
+                + (f" ({ran} more iterations, fresh optimiser state)" if ran is not None else "")
+                + f": J {c['objective']:.5g} → {c['objective_2x']:.5g} "
+                f"({100 * c['rel_improvement_2x']:+.2f}%; rerun converged: {c['converged_2x']}) → "
+                f"{'passes' if c['ok'] else 'fails'} (tolerance {100 * c['tolerance']:g}%)."
             )
+        else:
+            out.append(f"2×-budget rerun at L = {c['depth']}: {c.get('status')} → fails.")
     out += [
         "",
-        "| metric | slope | 95% interval | r² | local slopes | one power law |",
-        "|---|---|---|---|---|---|",
+        "| metric | slope | 95% interval | local slopes | limit a of a + C·L^−α [95%] | α "
+        "| depth where the fit reaches the target |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in result.rates:
         if r.get("note"):
-            out.append(f"| {r['metric']} | – | {r['note']} | | | |")
+            out.append(f"| {r['metric']} | – | {r['note']} | | | | |")
             continue
         ci = f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] ({r['ci_method']}, {r['n_seeds']} seeds)"
         local = ", ".join(f"{x[2]:+.2f}" for x in r.get("local_slopes", []))
-        power = {True: "yes", False: "no (curved)", None: "untestable"}[r.get("one_power_law")]
+        if r.get("limit_note") or not math.isfinite(float(r.get("limit", math.nan))):
+            limit, alpha = f"– ({r.get('limit_note') or 'no fit'})", "–"
+        else:
+            limit = f"{r['limit']:.3g} [{r['limit_ci_low']:.3g}, {r['limit_ci_high']:.3g}]"
+            alpha = f"{r['limit_alpha']:.2f}"
+        target = float(r.get("limit_target", math.nan))
+        if math.isfinite(target) and math.isfinite(float(r.get("limit", math.nan))):
+            lo, hi = r["depth_at_target_ci"]
+            depth = f"{_depth(r['depth_at_target'])} [{_depth(lo)}, {_depth(hi)}] (to {target:.3g})"
+        else:
+            depth = "–"
         out.append(
-            f"| {r['metric']} | {r['slope']:+.3f} | {ci} | {r['r2']:.3f} | {local} | {power} |"
+            f"| {r['metric']} | {r['slope']:+.3f} | {ci} | {local} | {limit} | {alpha} | {depth} |"
         )
     v = result.verdict or {}
     if v:
         out += ["", f"**Verdict** (expect {v['expect']}): **{v['verdict']}**: {v['reason']}"]
+        out += [f"- {m['metric']}: {m['verdict']}: {m['reason']}" for m in v.get("per_metric", [])]
     return "\n".join(out)
+
+
+def _depth(x: Any) -> str:
+    x = float(x)
+    if math.isnan(x):
+        return "–"
+    return "∞" if math.isinf(x) else f"{x:.3g}"
 
 
 def long_summary(summary: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[dict]:

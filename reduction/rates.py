@@ -21,8 +21,11 @@ from scipy import stats
 __all__ = [
     "BOOTSTRAP_MIN_SEEDS",
     "EXPECTATIONS",
-    "FLAT_TOL",
+    "GAP_FRACTION",
+    "LIMIT_FRACTION",
+    "LimitFit",
     "RateFit",
+    "fit_limit",
     "fit_rate",
     "load_rows",
     "preset_verdict",
@@ -39,10 +42,10 @@ Rows = Sequence[Mapping[str, Any]] | str | os.PathLike
 #: Student-t interval on the per-seed slopes (a bootstrap of 2–3 seeds covers the true slope only
 #: 50–75% of the time, the t interval keeps its level: docs/THEORY.md §12)
 BOOTSTRAP_MIN_SEEDS = 10
-#: what a preset may expect of its collapse metrics as depth grows
-EXPECTATIONS = ("decreasing", "flat")
-#: |slope| below which a slope whose interval contains 0 counts as flat
-FLAT_TOL = 0.05
+#: what a preset may expect of its metrics as depth grows (THEORY §12): the limit is 0 (one-layer
+#: blocks, transformers with one-layer MLPs, two-layer blocks with λ/L) or a floor > 0 (two-layer
+#: blocks at constant λ)
+EXPECTATIONS = ("zero", "floor")
 #: floor on the half-width of the slope and curvature intervals, relative to (1 + max|log v|)
 #: divided by the half-range h of log L (h² for the curvature): round-off in those coefficients
 #: measured ≤ 5e-15 on that scale, so an exact power law fitted in floating point never reports a
@@ -307,6 +310,203 @@ def fit_rate(
     )
 
 
+# ------------------------------------------------------------------------------------------
+# the limit as depth grows: v(L) ≈ a + C·L^(−α)  (THEORY §12)
+# ------------------------------------------------------------------------------------------
+
+#: the exponents α the limit fit searches (log-spaced; the best grid point is then refined)
+_ALPHAS = np.exp(np.linspace(math.log(0.02), math.log(5.0), 240))
+#: a limit is "zero" when its interval starts at 0 and ends below this fraction of the value at
+#: the deepest depth, a "floor" when its interval starts above that fraction [choice]
+LIMIT_FRACTION = 0.5
+#: the fraction f of UFM* at which ``depth_for_fraction`` reports where the upper bound
+#: J_L − UFM* would fall below f·UFM* [choice]
+GAP_FRACTION = 0.1
+
+
+def _nnls2(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For data rows v (B, n) and candidate regressors u (A, n) = L^(−α): the (a, C) ≥ 0
+    minimising Σ w (v − a − C u)² with w = 1/v² (relative residuals), each (B, A), and that loss.
+    Two unknowns: the interior solution when it is feasible, else the better face (a = 0 or
+    C = 0); every sum comes from a handful of matrix products, so B × A fits cost little."""
+    w = 1.0 / v**2
+    sw, swv, swvv = w.sum(1)[:, None], (w * v).sum(1)[:, None], (w * v * v).sum(1)[:, None]
+    swu, swuu, swuv = w @ u.T, w @ (u * u).T, (w * v) @ u.T
+
+    def loss(a: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return swvv - 2 * a * swv - 2 * c * swuv + a * a * sw + 2 * a * c * swu + c * c * swuu
+
+    det = sw * swuu - swu * swu
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_in = (swuu * swv - swu * swuv) / det
+        c_in = (sw * swuv - swu * swv) / det
+        c_face = np.maximum(swuv / swuu, 0.0)  # a = 0
+    a_face = np.broadcast_to(np.maximum(swv / sw, 0.0), det.shape)  # C = 0
+    inside = (det > 0) & (a_in >= 0) & (c_in >= 0)
+    zero = np.zeros_like(det)
+    cands = [
+        (np.where(inside, a_in, 0.0), np.where(inside, c_in, 0.0), inside),
+        (zero, c_face, np.ones_like(inside)),
+        (a_face, zero, np.ones_like(inside)),
+    ]
+    losses = np.stack([np.where(ok, loss(a, c), np.inf) for a, c, ok in cands])
+    pick = np.argmin(losses, axis=0)
+    a_best = np.choose(pick, [c[0] for c in cands])
+    c_best = np.choose(pick, [c[1] for c in cands])
+    return a_best, c_best, np.choose(pick, losses)
+
+
+def _fit_limit_points(
+    L: np.ndarray, V: np.ndarray, refine: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, C, α), each (B,), of v ≈ a + C L^(−α) with a, C ≥ 0 for each row of V (B, n), by
+    least squares in relative residuals: linear in (a, C) for each α on a log grid, then (with
+    ``refine``) α refined between the neighbours of the best grid point."""
+    a, c, loss = _nnls2(L[None, :] ** -_ALPHAS[:, None], V)
+    i = np.argmin(loss, axis=1)
+    rows = np.arange(V.shape[0])
+    alpha = _ALPHAS[i].astype(np.float64)
+    a_best, c_best = a[rows, i], c[rows, i]
+    if refine:
+        from scipy.optimize import minimize_scalar
+
+        for r in rows:
+            lo = float(_ALPHAS[max(i[r] - 1, 0)])
+            hi = float(_ALPHAS[min(i[r] + 1, len(_ALPHAS) - 1)])
+
+            def f(al: float, r: int = r) -> float:
+                return float(_nnls2(L[None, :] ** -al, V[r : r + 1])[2][0, 0])
+
+            res = minimize_scalar(f, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
+            if res.fun <= loss[r, i[r]]:
+                alpha[r] = float(res.x)
+                ar, cr, _ = _nnls2(L[None, :] ** -alpha[r], V[r : r + 1])
+                a_best[r], c_best[r] = ar[0, 0], cr[0, 0]
+    return a_best, c_best, alpha
+
+
+@dataclass(frozen=True)
+class LimitFit:
+    """v(L) ≈ limit + C·L^(−alpha) over the used runs (pooled over seeds), with a, C ≥ 0.
+
+    The interval of the limit (and of alpha, and of ``depth_at``) is a percentile interval of a
+    residual bootstrap: relative residuals r = (v − m)/v of the fit m are resampled and
+    v* = m/(1 − r*) refitted, ``n_boot`` times (numpy Generator(seed): deterministic).
+    ``value_deepest``: the mean value at the deepest depth used. ``depth_at``: for a target t
+    (``target``), the depth at which the fitted curve falls below t, (C/(t − a))^(1/α), ∞ when
+    a ≥ t; NaN without a target.
+    """
+
+    limit: float
+    C: float
+    alpha: float
+    limit_ci: tuple[float, float]
+    alpha_ci: tuple[float, float]
+    ci_level: float
+    n: int
+    n_depths: int
+    n_boot: int
+    value_deepest: float
+    deepest: float
+    target: float
+    depth_at: float
+    depth_at_ci: tuple[float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "limit": self.limit,
+            "limit_ci_low": self.limit_ci[0],
+            "limit_ci_high": self.limit_ci[1],
+            "limit_C": self.C,
+            "limit_alpha": self.alpha,
+            "limit_alpha_ci": list(self.alpha_ci),
+            "limit_value_deepest": self.value_deepest,
+            "limit_target": self.target,
+            "depth_at_target": self.depth_at,
+            "depth_at_target_ci": list(self.depth_at_ci),
+        }
+
+
+def _depth_at(a: float, C: float, alpha: float, target: float) -> float:
+    if not math.isfinite(target) or target <= 0:
+        return math.nan
+    if a >= target:
+        return math.inf
+    if C <= 0:
+        return 0.0
+    return float((C / (target - a)) ** (1.0 / alpha))
+
+
+def fit_limit(
+    depths: Sequence[float],
+    values_per_seed: Any,
+    *,
+    target: float = math.nan,
+    ci: float = 0.95,
+    n_boot: int = 500,
+    seed: int = 0,
+) -> LimitFit:
+    """Fit v(L) ≈ a + C·L^(−α) (a, C ≥ 0, α ∈ [0.02, 5]) to positive values at positive depths,
+    seeds pooled (docs/THEORY.md §12): the limit a says whether depth drives v to 0 or to a
+    floor. values_per_seed: (S, D) like :func:`fit_rate` (NaN = missing). ``target``: report
+    the depth at which the fitted curve would fall below it (e.g. a fraction of UFM*)."""
+    L = np.asarray(depths, dtype=np.float64)
+    V = np.atleast_2d(np.asarray(values_per_seed, dtype=np.float64))
+    if L.ndim != 1 or V.shape[1] != L.size:
+        raise ValueError(
+            f"values_per_seed must have shape (n_seeds, {L.size}) to match depths, got {V.shape}"
+        )
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must lie in (0, 1), got {ci}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be positive, got {n_boot}")
+    if np.any(~np.isfinite(L)) or np.any(L <= 0):
+        raise ValueError(f"depths must be finite and positive, got {L.tolist()}")
+    mask = np.isfinite(V) & (V > 0)
+    Lp = np.broadcast_to(L, V.shape)[mask]
+    vp = V[mask]
+    if np.unique(Lp).size < 3:
+        raise ValueError(
+            "a limit fit a + C·L^(−α) needs positive values at three or more distinct depths, "
+            f"got depths {sorted(set(Lp.tolist()))}"
+        )
+    fit = _fit_limit_points(Lp, vp[None, :], refine=True)
+    a, C, alpha = (float(t[0]) for t in fit)
+    m = a + C * Lp**-alpha
+    r = (vp - m) / vp
+    rng = np.random.default_rng(seed)
+    rs = r[rng.integers(0, r.size, size=(n_boot, r.size))]
+    ab, cb, alb = _fit_limit_points(Lp, m / (1.0 - np.minimum(rs, 0.9)), refine=False)
+    db = np.array([_depth_at(*t, target) for t in zip(ab, cb, alb)])
+    boot = np.column_stack([ab, cb, alb, db])
+    q = [(1 - ci) / 2, (1 + ci) / 2]
+    # "inverted_cdf" picks sample values: no interpolation between a finite and an ∞ depth
+    lo_a, hi_a = (float(x) for x in np.quantile(boot[:, 0], q, method="inverted_cdf"))
+    lo_al, hi_al = (float(x) for x in np.quantile(boot[:, 2], q, method="inverted_cdf"))
+    deepest = float(Lp.max())
+    d_at = _depth_at(a, C, alpha, target)
+    if math.isfinite(target):
+        lo_d, hi_d = (float(x) for x in np.quantile(boot[:, 3], q, method="inverted_cdf"))
+    else:
+        lo_d = hi_d = math.nan
+    return LimitFit(
+        limit=a,
+        C=C,
+        alpha=alpha,
+        limit_ci=(min(lo_a, a), max(hi_a, a)),
+        alpha_ci=(lo_al, hi_al),
+        ci_level=ci,
+        n=int(vp.size),
+        n_depths=int(np.unique(Lp).size),
+        n_boot=n_boot,
+        value_deepest=float(vp[Lp == deepest].mean()),
+        deepest=deepest,
+        target=target,
+        depth_at=d_at,
+        depth_at_ci=(lo_d, hi_d),
+    )
+
+
 def _missing(v: Any) -> bool:
     return (
         v is None
@@ -340,10 +540,11 @@ def _status_ok(row: Mapping[str, Any]) -> bool:
 
 def run_status(row: Mapping[str, Any], *, converged_only: bool = True) -> str:
     """What a run's row is good for in a depth fit: "baseline" (depth ≤ 0: no logarithm),
-    "failed" (``status`` present and ≠ "ok"), "unconverged" (``converged`` False), "suboptimal"
-    (``seed_ok`` False: materially above another run on the same data, THEORY §10; both only
-    with ``converged_only``) or "used". A missing ``status`` reads as "ok", a missing
-    ``converged`` or ``seed_ok`` as true."""
+    "failed" (``status`` present and ≠ "ok"), and with ``converged_only``: "unconverged"
+    (``converged`` False), "nonmonotone" (``monotone_ok`` False: above a shallower run of its
+    own seed, so provably not at the optimum, THEORY §10) or "suboptimal" (``seed_ok`` False:
+    materially above another run on the same data); else "used". A missing ``status`` reads as
+    "ok", a missing ``converged``, ``monotone_ok`` or ``seed_ok`` as true."""
     if "depth" not in row:
         raise ValueError(f"row has no 'depth' column (columns: {sorted(row)})")
     if float(_depth_key(row["depth"])) <= 0:
@@ -352,6 +553,8 @@ def run_status(row: Mapping[str, Any], *, converged_only: bool = True) -> str:
         return "failed"
     if converged_only and _flag(row.get("converged"), "converged") is False:
         return "unconverged"
+    if converged_only and _flag(row.get("monotone_ok"), "monotone_ok") is False:
+        return "nonmonotone"
     if converged_only and _flag(row.get("seed_ok"), "seed_ok") is False:
         return "suboptimal"
     return "used"
@@ -368,22 +571,27 @@ def rate_table(
     *,
     converged_only: bool = True,
     ci: float = 0.95,
+    targets: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """The depth rate of each metric over the usable runs of a sweep (docs/THEORY.md §12).
+    """The depth rate and the limit of each metric over the usable runs of a sweep
+    (docs/THEORY.md §12).
 
     rows: one mapping per run (or a CSV path) with "depth", "seed", the metric columns and
     optionally "status" (only "ok" rows are usable; missing = ok) and "converged" (bool; missing =
     converged). Rows at depth ≤ 0 (the no-block baseline, which has no logarithm), rows whose
-    status is not "ok", and with ``converged_only`` the rows with converged False or seed_ok
-    False, are left out;
-    the rest go to :func:`fit_rate` seed by seed (a seed missing some depths keeps the others).
+    status is not "ok", and with ``converged_only`` the rows with converged, monotone_ok or seed_ok
+    False, are left out; the rest go to :func:`fit_rate` seed by seed (a seed missing some depths
+    keeps the others) and, pooled, to :func:`fit_limit` (``targets``: metric → the value whose
+    crossing depth to report, e.g. a fraction of UFM* for the gap).
 
     Returns one JSON-able dict per metric with keys metric, slope, ci_low, ci_high, ci_level,
     ci_method, seed_slopes, intercept, r2, local_slopes, curvature, curvature_ci,
     curvature_method, one_power_law, n_seeds, n_depths, n_runs_used,
-    n_runs_excluded_unconverged, n_runs_excluded_suboptimal, n_runs_excluded_failed and note:
-    None when fitted, else why not (non-positive values, fewer than two usable depths, "not
-    converged: k of n runs"), with the fit's fields NaN / empty / None.
+    n_runs_excluded_unconverged, n_runs_excluded_nonmonotone, n_runs_excluded_suboptimal,
+    n_runs_excluded_failed, the :class:`LimitFit` fields (limit, limit_ci_low, limit_ci_high,
+    limit_C, limit_alpha, …; limit_note says why there is none) and note: None when fitted, else
+    why not (non-positive values, fewer than two usable depths, "not converged: k of n runs"),
+    with the fit's fields NaN / empty / None.
     """
     if isinstance(metrics, str):
         metrics = [metrics]
@@ -404,6 +612,7 @@ def rate_table(
         kinds.append(run_status(r, converged_only=converged_only))
     n_runs = sum(k != "baseline" for k in kinds)
     n_unconv = kinds.count("unconverged")
+    n_nonmono = kinds.count("nonmonotone")
     n_subopt = kinds.count("suboptimal")
     n_failed = kinds.count("failed")
     used = [r for r, k in zip(table, kinds) if k == "used"]
@@ -411,6 +620,7 @@ def rate_table(
         text
         for n, text in (
             (n_unconv, f"not converged: {n_unconv} of {n_runs} runs"),
+            (n_nonmono, f"above a shallower run of their seed: {n_nonmono} of {n_runs} runs"),
             (n_subopt, f"above the best run on the same data: {n_subopt} of {n_runs} runs"),
         )
         if n
@@ -441,9 +651,21 @@ def rate_table(
             "n_depths": 0,
             "n_runs_used": 0,
             "n_runs_excluded_unconverged": n_unconv,
+            "n_runs_excluded_nonmonotone": n_nonmono,
             "n_runs_excluded_suboptimal": n_subopt,
             "n_runs_excluded_failed": n_failed,
             "note": None,
+            "limit": math.nan,
+            "limit_ci_low": math.nan,
+            "limit_ci_high": math.nan,
+            "limit_C": math.nan,
+            "limit_alpha": math.nan,
+            "limit_alpha_ci": [math.nan, math.nan],
+            "limit_value_deepest": math.nan,
+            "limit_target": (targets or {}).get(m, math.nan),
+            "depth_at_target": math.nan,
+            "depth_at_target_ci": [math.nan, math.nan],
+            "limit_note": None,
         }
         out.append(entry)
         cells = [(_depth_key(r["depth"]), r["seed"], float(r.get(m, math.nan))) for r in used]
@@ -476,34 +698,36 @@ def rate_table(
         n_used = d.pop("n")
         entry.update(d)
         entry["n_runs_used"] = n_used
+        try:
+            limit = fit_limit(depths, V, target=float(entry["limit_target"]), ci=ci)
+        except ValueError as err:
+            entry["limit_note"] = str(err)
+        else:
+            entry.update(limit.to_dict())
     return out
 
 
-def _interval_text(e: Mapping[str, Any]) -> str:
-    level = 100 * float(e.get("ci_level", math.nan))
-    return (
-        f"{level:.0f}% {e['ci_method']} interval [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}] "
-        f"over {e['n_seeds']} seeds"
-    )
+def verdict(
+    entry: Mapping[str, Any], expect: str, *, fraction: float = LIMIT_FRACTION
+) -> dict[str, Any]:
+    """Read one :func:`rate_table` entry's limit against the theory's prediction
+    (docs/THEORY.md §12). With v_deep the mean value at the deepest depth used and [lo, hi] the
+    interval of the limit a of v ≈ a + C·L^(−α):
 
-
-def verdict(entry: Mapping[str, Any], expect: str, *, flat_tol: float = FLAT_TOL) -> dict[str, Any]:
-    """Read one :func:`rate_table` entry against what the preset expects (docs/THEORY.md §12).
-
-    - "decreasing": every per-seed slope < 0 and the interval excludes 0 (ci_high < 0);
-    - "increasing": every per-seed slope > 0 and ci_low > 0;
-    - "flat": the interval contains 0 and |slope| < flat_tol;
-    - "inconclusive" otherwise: not fitted (the entry's note, e.g. not converged), a single seed
-      (no interval), seeds disagreeing in sign although the interval excludes 0, or an interval
-      containing 0 with |slope| ≥ flat_tol.
+    - "zero": lo = 0 (the data are consistent with v → 0) and hi < ``fraction``·v_deep (they rule
+      out a floor that large);
+    - "floor": lo > ``fraction``·v_deep: most of what remains at the deepest depth does not go
+      away with depth (a conclusively flat metric is a floor);
+    - "inconclusive" otherwise: no fit (the note says why, e.g. not converged), or a limit whose
+      interval straddles ``fraction``·v_deep or is positive but small.
 
     Returns {"metric", "verdict", "expect", "agrees" (verdict == expect; None when
     inconclusive), "reason"} with the numbers in the reason.
     """
     if expect not in EXPECTATIONS:
         raise ValueError(f"expect must be one of {EXPECTATIONS}, got {expect!r}")
-    if not flat_tol > 0:
-        raise ValueError(f"flat_tol must be positive, got {flat_tol}")
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
     metric = entry.get("metric", "?")
 
     def result(v: str, reason: str) -> dict[str, Any]:
@@ -516,34 +740,37 @@ def verdict(entry: Mapping[str, Any], expect: str, *, flat_tol: float = FLAT_TOL
             "reason": reason,
         }
 
-    slope = float(entry.get("slope", math.nan))
-    if entry.get("note") or not math.isfinite(slope):
-        return result("inconclusive", f"not fitted: {entry.get('note') or 'no slope'}")
-    lo, hi = float(entry.get("ci_low", math.nan)), float(entry.get("ci_high", math.nan))
-    b = [float(v) for v in entry.get("seed_slopes", [])]
-    excluded = int(entry.get("n_runs_excluded_unconverged", 0) or 0)
-    tail = f"; {excluded} unconverged runs left out" if excluded else ""
-    if not (math.isfinite(lo) and math.isfinite(hi)) or len(b) < 2:
-        return result("inconclusive", f"slope {slope:+.3f} from a single seed: no interval{tail}")
-    spread = f"per-seed slopes {min(b):+.3f} … {max(b):+.3f}"
-    where = f"slope {slope:+.3f}, {_interval_text(entry)}"
-    if hi < 0 or lo > 0:
-        sign, name = (-1, "decreasing") if hi < 0 else (1, "increasing")
-        if all(sign * v > 0 for v in b):
-            rel = "<" if sign < 0 else ">"
-            return result(
-                name, f"every per-seed slope {rel} 0 and the interval excludes 0: {where}{tail}"
-            )
-        return result(
-            "inconclusive",
-            f"seeds disagree in sign ({spread}) although the interval excludes 0: {where}{tail}",
+    if entry.get("note"):
+        return result("inconclusive", f"not fitted: {entry['note']}")
+    limit = float(entry.get("limit", math.nan))
+    if entry.get("limit_note") or not math.isfinite(limit):
+        return result("inconclusive", f"no limit fit: {entry.get('limit_note') or 'no limit'}")
+    lo, hi = float(entry["limit_ci_low"]), float(entry["limit_ci_high"])
+    deep = float(entry["limit_value_deepest"])
+    bar = fraction * deep
+    excluded = sum(
+        int(entry.get(k, 0) or 0)
+        for k in (
+            "n_runs_excluded_unconverged",
+            "n_runs_excluded_nonmonotone",
+            "n_runs_excluded_suboptimal",
         )
-    if abs(slope) < flat_tol:
-        return result("flat", f"the interval contains 0 and |slope| < {flat_tol:g}: {where}{tail}")
-    return result(
-        "inconclusive",
-        f"the interval contains 0 but |slope| ≥ {flat_tol:g}: {where} ({spread}){tail}",
     )
+    tail = f"; {excluded} runs left out (not converged or not certified)" if excluded else ""
+    level = 100 * float(entry.get("ci_level", 0.95))
+    where = (
+        f"limit {limit:.3g} [{lo:.3g}, {hi:.3g}] ({level:.0f}% bootstrap) against "
+        f"{fraction:g} × {deep:.3g} (the value at the deepest depth), α = "
+        f"{float(entry.get('limit_alpha', math.nan)):.2f}"
+    )
+    if lo <= 1e-12 * max(deep, 1e-300) and hi < bar:
+        return result("zero", f"consistent with 0 and below {fraction:g} of the deepest value: "
+                      f"{where}{tail}")  # fmt: skip
+    if lo > bar:
+        return result("floor", f"bounded away from 0 by more than {fraction:g} of the deepest "
+                      f"value: {where}{tail}")  # fmt: skip
+    why = "the interval straddles the bar" if lo <= bar <= hi else "positive but below the bar"
+    return result("inconclusive", f"{why}: {where}{tail}")
 
 
 def preset_verdict(
@@ -551,14 +778,15 @@ def preset_verdict(
     expect: str,
     metrics: Sequence[str],
     *,
-    flat_tol: float = FLAT_TOL,
+    fraction: float = LIMIT_FRACTION,
 ) -> dict[str, Any]:
     """One verdict for a preset from the :func:`rate_table` entries of ``metrics``.
 
-    "agrees" when every metric's verdict equals ``expect``; "inconclusive" when any metric is
-    inconclusive (or has no entry); "disagrees" otherwise. Returns {"verdict", "expect",
-    "agrees" (bool, None when inconclusive), "metrics", "reason", "per_metric" (the
-    :func:`verdict` dicts in ``metrics`` order)}.
+    "disagrees" when any metric's verdict conclusively differs from ``expect`` (evidence against
+    the prediction outweighs silence elsewhere); else "inconclusive" when any metric is
+    inconclusive (or has no entry); else "agrees". Returns {"verdict", "expect", "agrees" (bool,
+    None when inconclusive), "metrics", "reason", "per_metric" (the :func:`verdict` dicts in
+    ``metrics`` order)}.
     """
     if expect not in EXPECTATIONS:
         raise ValueError(f"expect must be one of {EXPECTATIONS}, got {expect!r}")
@@ -569,7 +797,7 @@ def preset_verdict(
     per: list[dict[str, Any]] = []
     for m in metrics:
         if m in by:
-            per.append(verdict(by[m], expect, flat_tol=flat_tol))
+            per.append(verdict(by[m], expect, fraction=fraction))
         else:
             per.append(
                 {
@@ -582,14 +810,14 @@ def preset_verdict(
             )
     unsure = [v["metric"] for v in per if v["agrees"] is None]
     against = [f"{v['metric']} {v['verdict']}" for v in per if v["agrees"] is False]
-    if unsure:
-        overall, agrees = "inconclusive", None
-        reason = f"inconclusive: {', '.join(unsure)}"
-        if against:
-            reason += f"; against {expect}: {', '.join(against)}"
-    elif against:
+    if against:
         overall, agrees = "disagrees", False
         reason = f"expected {expect}; got {', '.join(against)}"
+        if unsure:
+            reason += f"; inconclusive: {', '.join(unsure)}"
+    elif unsure:
+        overall, agrees = "inconclusive", None
+        reason = f"inconclusive: {', '.join(unsure)}"
     else:
         overall, agrees = "agrees", True
         reason = f"{', '.join(metrics)}: {expect}"

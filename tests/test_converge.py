@@ -116,7 +116,7 @@ def test_larger_budget_continues_a_schedule_free_run(tmp_path):
     assert longer.objective == ref.objective
     np.testing.assert_array_equal(longer.W, ref.W)
     # a smaller budget than what is done cannot be honoured
-    with pytest.raises(ValueError, match="already trained"):
+    with pytest.raises(ValueError, match="already used"):
         train(_cfg(epochs=10), data=data, run_dir=tmp_path, progress=False)
     # cosine-scheduled runs depend on the total: their budget cannot be extended this way
     cos = tmp_path / "cos"
@@ -131,10 +131,45 @@ def test_nan_guard_with_lbfgs(tmp_path):
     x[0, 0] = np.inf
     bad = Dataset("syn", "vector", x, data.y_train, None, None, K, list("abc"))
     with pytest.raises(TrainingDivergedError, match="no checkpoint had been written yet"):
-        train(_cfg(), data=bad, run_dir=tmp_path, progress=False)
+        train(_cfg(whiten_embedding=False), data=bad, run_dir=tmp_path, progress=False)
+    # the whitened embedding refuses such data at once, with one line
+    with pytest.raises(ValueError, match="whitening needs a non-empty, finite training input"):
+        train(_cfg(whiten_embedding=True), data=bad, run_dir=tmp_path / "w", progress=False)
 
 
 # ---------------------------------------------------------------------------- stationarity
+
+
+@pytest.mark.parametrize("arch", ["rn1", "t12"])
+def test_whitened_embedding_is_a_change_of_variables(arch):
+    """E = V P: the whitened model computes the same function and objective as the plain model
+    with that E, and its gradient test reads ∂J/∂E, the plain model's gradient."""
+    data = _data("image" if arch == "t12" else "vector")
+    white = _cfg(arch=arch, patch_size=2, whiten_embedding=True)
+    plain = _cfg(arch=arch, patch_size=2, whiten_embedding=False)
+    torch.manual_seed(0)
+    mw = build_model(white, data).double()
+    torch.manual_seed(0)
+    mp = build_model(plain, data).double()
+    x = torch.as_tensor(np.asarray(data.x_train), dtype=torch.float64)
+    y = torch.as_tensor(data.y_train)
+    with torch.no_grad():  # move away from the shared initialisation, then copy E = V P across
+        for p in mw.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        state = mw.state_dict()
+        emb = mw.embed["E"] if arch == "rn1" else mw.embed.patch
+        key = "embed.E.weight" if arch == "rn1" else "embed.patch.weight"
+        mp.load_state_dict({**state, key: emb.effective_weight.detach().clone()})
+        # P whitens the inputs the map sees: their second moment becomes (nearly) the identity
+        seen = x.flatten(1) if arch == "rn1" else mw.patches(x).reshape(-1, 4)
+        white_in = seen @ emb.P
+        second = white_in.T @ white_in / len(white_in)
+        assert torch.allclose(second, torch.eye(len(second), dtype=torch.float64), atol=0.02)
+    assert torch.allclose(mw(x), mp(x), rtol=1e-10, atol=1e-12)
+    gw = gradient_norms(mw, x, y, white.lam, "ce")
+    gp = gradient_norms(mp, x, y, plain.lam, "ce")
+    for k in gp:
+        assert gw[k] == pytest.approx(gp[k], rel=1e-8), k
 
 
 def _objective64(model, x, y, lam, loss="ce") -> float:
@@ -149,7 +184,7 @@ def _objective64(model, x, y, lam, loss="ce") -> float:
 def test_grad_norm_matches_finite_differences(arch):
     """‖∇J‖ equals the directional derivative of J along ∇J/‖∇J‖ (central differences, float64)."""
     data = _data("image" if arch == "t12" else "vector")
-    cfg = _cfg(arch=arch, patch_size=2)
+    cfg = _cfg(arch=arch, patch_size=2, whiten_embedding=False)
     torch.manual_seed(0)
     model = build_model(cfg, data).double()
     x = torch.as_tensor(np.asarray(data.x_train), dtype=torch.float64)
@@ -260,7 +295,10 @@ def test_continuation_starts_from_the_shallower_run(tmp_path, arch, kind, extra,
     h1 = torch.as_tensor(first.features)
     scale = (h1 - h0).norm() / h1.norm()
     if exact:
-        assert scale < 1e-5  # LN's ε = 1e-5 per norm layer, not more
+        # each added LN re-normalises an LN output, moving it by about ε = 1e-5 (relative):
+        # 2 LNs per transformer block, 1 per ResNet block, 2 blocks added
+        added = 2 * (2 if arch.startswith("t") else 1)
+        assert scale < 1e-5 * added
         assert start["fit"] == pytest.approx(first.fit, rel=1e-4)  # LN's ε: LN(h) ≠ h exactly
     else:
         assert 0 < scale < 0.05
@@ -319,3 +357,131 @@ def test_a_stalled_run_is_judged_by_its_gradient():
     assert res.objective == pytest.approx(math.log(K), rel=1e-6)
     assert st["converged"] == (st["grad_norm"] <= 1e-4)
     assert all("J moved" not in r for r in st["reasons"])
+
+
+# ------------------------------------------------------------- escape probe, train to convergence
+
+
+def _saddle(data: Dataset, cfg: RunConfig):
+    """A depth-0 network next to a strict saddle: embedding and classifier at 1e-7 of a random
+    direction. J ≈ log K and ‖∇J‖ ≈ 0, but J falls along the joint direction of E and W (the
+    logits are bilinear in them: second order)."""
+    torch.manual_seed(0)
+    model = build_model(cfg, data).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e-7)
+    x = torch.as_tensor(np.asarray(data.x_train), dtype=torch.float64)
+    return model, x, torch.as_tensor(data.y_train)
+
+
+def test_escape_probe_leaves_a_known_saddle():
+    from deepnet import escape_probe, stationarity
+
+    data = _data()
+    cfg = _cfg(depth=0, whiten_embedding=False, escape_adam_steps=200, escape_lbfgs_iters=20,
+               escape_adam_lr=1e-3)  # fmt: skip
+    model, x, y = _saddle(data, cfg)
+    J0 = evaluate(model, x, y, cfg.effective_lam, "ce")["objective"]
+    assert J0 == pytest.approx(math.log(K), rel=1e-6)
+    grads = gradient_norms(model, x, y, cfg.effective_lam, "ce")
+    assert grads["grad_norm"] < 1e-3  # the gradient test alone would call this converged
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    record, state = escape_probe(model, x, y, cfg)
+    # Adam's normalised steps follow the negative curvature (and so does fresh L-BFGS, whose
+    # first step is scaled by 1/‖∇J‖₁): J falls by far more than 0.1%
+    assert record["escape_adam_rel"] > 0.01 and record["escape_rel"] > cfg.escape_tol
+    assert record["escape_rel"] == max(record["escape_adam_rel"], record["escape_lbfgs_rel"])
+    assert record["escape_by"] in ("adam", "lbfgs") and state is not None
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # untouched
+    moved = build_model(cfg, data).double()
+    moved.load_state_dict(state)
+    lower = evaluate(moved, x, y, cfg.effective_lam, "ce")["objective"]
+    assert lower == pytest.approx(record["escape_objective"]) and lower < J0 * (1 - 0.01)
+    history = [{"epoch": e, "objective": J0} for e in range(0, 41, 10)]
+    rec = stationarity(cfg, history, grads, 40, False, record)
+    assert not rec["converged"] and any("lowered J by" in r for r in rec["reasons"])
+
+
+def test_a_stall_is_judged_by_every_test():
+    """v0.2.0 judged a stalled line search by ‖∇J‖ alone: a run that stalled after 2
+    iterations with a small gradient was "converged". Now the window test applies (there is no
+    window of w iterations to judge) and so does the escape probe."""
+    from deepnet import stationarity
+
+    cfg = _cfg(epochs=100, conv_window=0.1)  # w = 10 iterations
+    grads = {"grad_norm": 1e-3}
+    flat = [{"epoch": 0, "objective": 0.5}, {"epoch": 2, "objective": 0.5}]
+    quiet = {"escape_rel": 0.0, "escape_lbfgs_rel": 0.0, "escape_adam_rel": 0.0, "escape_by": None}
+    stall = stationarity(cfg, flat, grads, 2, stalled=True, probe=quiet)
+    assert not stall["converged"]
+    assert any("fewer than the window of 10" in r and "stalled" in r for r in stall["reasons"])
+    # no probe, no verdict
+    long = [{"epoch": e, "objective": 0.5} for e in range(0, 101, 10)]
+    assert "no escape probe was run" in stationarity(cfg, long, grads, 100, True)["reasons"]
+    # a stall after a whole flat window, with a quiet probe and a small gradient, is converged
+    assert stationarity(cfg, long, grads, 100, stalled=True, probe=quiet)["converged"]
+    loud = {**quiet, "escape_rel": 0.02, "escape_lbfgs_rel": 0.02, "escape_by": "lbfgs"}
+    rec = stationarity(cfg, long, grads, 100, stalled=True, probe=loud)
+    assert not rec["converged"] and any("fresh L-BFGS lowered J by 2%" in r for r in rec["reasons"])
+
+
+def test_lbfgs_trains_in_chunks_until_converged(tmp_path):
+    """epochs is a cap: the run checks the criteria every chunk, stops at the first chunk where
+    they hold, and resumes bitwise; the record says what each check found."""
+    data = _data()
+    cfg = _cfg(epochs=1000, chunk_epochs=100, conv_window=0.5, rel_tol=5e-3, eval_every=50)
+    res = train(cfg, data=data, run_dir=tmp_path / "a", progress=False)
+    assert res.converged and res.completed and res.epochs_done < cfg.epochs
+    assert res.epochs_done % 100 == 0 and [c["epoch"] for c in res.checks][-1] == res.epochs_done
+    assert res.checks[-1]["converged"] and not any(c["converged"] for c in res.checks[:-1])
+    st = res.stationarity
+    assert st["grad_norm"] <= cfg.grad_tol and abs(st["rel_change"]) <= cfg.rel_tol
+    assert st["escape_rel"] <= cfg.escape_tol and st["window"] == 50
+    # resumed in pieces: the same run, bitwise
+    part = train(cfg, data=data, run_dir=tmp_path / "b", progress=False, max_epochs_this_call=130)
+    assert not part.completed and part.epochs_done == 130
+    again = train(cfg, data=data, run_dir=tmp_path / "b", progress=False)
+    assert again.objective == res.objective and again.epochs_done == res.epochs_done
+    np.testing.assert_array_equal(again.W, res.W)
+    # until_converged=False runs the whole cap
+    full = train(cfg.__class__(**{**cfg.to_dict(), "until_converged": False}), data=data,
+                 progress=False)  # fmt: skip
+    assert full.epochs_done + full.escape_steps == cfg.epochs and full.objective <= res.objective
+
+
+def test_a_failed_line_search_restarts_lbfgs_memory():
+    """A run whose line search fails empties L-BFGS's memory and goes on (v0.2.0 stopped)."""
+    data = _data(n_per_class=20)
+    cfg = _cfg(depth=3, epochs=400, chunk_epochs=100, lam=1e-4, until_converged=False)
+    res = train(cfg, data=data, progress=False)
+    assert res.epochs_done + res.escape_steps == 400  # the whole cap was used
+    ran = [h["epoch"] for h in res.history]
+    assert ran[-1] == res.epochs_done and res.lbfgs_resets >= 0
+    assert res.stationarity["escape_rel"] == res.stationarity["escape_rel"]  # a probe ran
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("escape_tol", -1e-3, "escape_tol must be finite and >= 0"),
+        ("escape_tol", math.nan, "escape_tol must be finite and >= 0"),
+        ("escape_adam_lr", 0.0, "escape_adam_lr must be finite and > 0"),
+        ("escape_adam_steps", -1, "escape_adam_steps must be >= 0"),
+        ("chunk_epochs", 50, "is below the chunk size chunk_epochs=50"),
+        ("chunk_epochs", 0, "chunk_epochs must be None or >= 1"),
+    ],
+)
+def test_convergence_settings_are_validated(field, value, message):
+    with pytest.raises(ValueError, match=re_escape(message)):
+        _cfg(epochs=40, **{field: value})
+    with pytest.raises(ValueError, match="at least one optimiser"):
+        _cfg(escape_adam_steps=0, escape_lbfgs_iters=0)
+    with pytest.raises(ValueError, match="applies to optimizer='lbfgs' only"):
+        _cfg(optimizer="adam", chunk_epochs=10)
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)

@@ -13,6 +13,8 @@ import pytest
 
 from reduction.rates import (
     BOOTSTRAP_MIN_SEEDS,
+    LIMIT_FRACTION,
+    fit_limit,
     fit_rate,
     preset_verdict,
     rate_table,
@@ -27,7 +29,9 @@ ENTRY_KEYS = {
     "metric", "slope", "ci_low", "ci_high", "ci_level", "ci_method", "seed_slopes", "intercept",
     "r2", "local_slopes", "curvature", "curvature_ci", "curvature_method", "one_power_law",
     "n_seeds", "n_depths", "n_runs_used", "n_runs_excluded_unconverged",
-    "n_runs_excluded_suboptimal", "n_runs_excluded_failed", "note",
+    "n_runs_excluded_nonmonotone", "n_runs_excluded_suboptimal", "n_runs_excluded_failed", "note",
+    "limit", "limit_ci_low", "limit_ci_high", "limit_C", "limit_alpha", "limit_alpha_ci",
+    "limit_value_deepest", "limit_target", "depth_at_target", "depth_at_target_ci", "limit_note",
 }  # fmt: skip
 
 
@@ -181,6 +185,20 @@ def test_rate_table_exclusions():
     assert got["n_runs_used"] == 21 and got["n_depths"] == 7
     assert got["n_runs_excluded_unconverged"] == 1 and got["n_runs_excluded_failed"] == 2
 
+    # a converged run that the monotone certificate flags (above a shallower run of its own
+    # seed: provably not at the optimum) stays out of the fit, as does a seed-flagged one
+    flagged = [
+        {"depth": 55, "seed": 1, "nc1": 50.0, "converged": True, "monotone_ok": False},
+        {"depth": 55, "seed": 2, "nc1": 50.0, "converged": True, "monotone_ok": "False"},
+        {"depth": 89, "seed": 2, "nc1": 50.0, "converged": True, "seed_ok": False},
+    ]
+    assert [run_status(r) for r in flagged] == ["nonmonotone", "nonmonotone", "suboptimal"]
+    cert = rate_table(rows + flagged, ["nc1"])[0]
+    assert cert["slope"] == pytest.approx(ref.slope, rel=1e-12) and cert["n_runs_used"] == 21
+    assert cert["n_runs_excluded_nonmonotone"] == 2 and cert["n_runs_excluded_suboptimal"] == 1
+    admitted = rate_table(rows + flagged, ["nc1"], converged_only=False)[0]
+    assert admitted["n_runs_used"] == 24 and admitted["slope"] > cert["slope"] + 0.05
+
     # converged_only=False lets the unconverged outlier in, and it moves the slope
     loose = rate_table(rows + extra, ["nc1"], converged_only=False)[0]
     assert loose["n_runs_used"] == 22 and loose["n_runs_excluded_unconverged"] == 0
@@ -232,69 +250,106 @@ def test_rate_table_notes_and_errors(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
-def exact_table(seed_slopes, metric="nc1", depths=DEPTHS):
-    """Rows whose seed s follows the exact power law 0.5 · L^{b_s}."""
-    V = np.array([0.5 * depths**b for b in seed_slopes])
-    return table_rows(V, metric, depths)
+def limit_values(a, C=0.4, alpha=0.9, n_seeds=3, noise=0.02, seed=0):
+    """Seeds of v(L) = a + C·L^(−α) at the paper's depths, each value with log-normal noise."""
+    rng = np.random.default_rng(seed)
+    clean = a + C * DEPTHS**-alpha
+    return np.array([clean * np.exp(noise * rng.normal(size=DEPTHS.size)) for _ in range(n_seeds)])
 
 
-def entry_for(seed_slopes, metric="nc1"):
-    return rate_table(exact_table(seed_slopes, metric), [metric])[0]
+def limit_entry(a, metric="nc1", **kw):
+    return rate_table(table_rows(limit_values(a, **kw), metric), [metric])[0]
 
 
-def test_verdicts_on_synthetic_tables():
-    dec = verdict(entry_for([-0.42, -0.35, -0.38]), "decreasing")
-    assert dec["verdict"] == "decreasing" and dec["agrees"] is True
-    assert dec["metric"] == "nc1" and dec["expect"] == "decreasing"
-    assert "-0.383" in dec["reason"] and "excludes 0" in dec["reason"]
-    assert verdict(entry_for([-0.42, -0.35, -0.38]), "flat")["agrees"] is False
+def test_fit_limit_recovers_an_exact_curve():
+    for a, alpha in [(0.0, 0.9), (0.05, 0.5), (0.01, 1.7)]:
+        f = fit_limit(DEPTHS, limit_values(a, alpha=alpha, noise=0.0), target=0.02)
+        assert f.limit == pytest.approx(a, abs=1e-8) and f.alpha == pytest.approx(alpha, rel=1e-4)
+        assert f.C == pytest.approx(0.4, rel=1e-4) and f.n == 21 and f.n_depths == 7
+        expected = (0.4 / (0.02 - a)) ** (1 / alpha) if a < 0.02 else math.inf
+        assert f.depth_at == pytest.approx(expected, rel=1e-4)
+        json.dumps(f.to_dict(), allow_nan=True)
 
-    flat = verdict(entry_for([-0.02, 0.01, 0.015]), "flat")
-    assert flat["verdict"] == "flat" and flat["agrees"] is True
-    assert verdict(entry_for([-0.02, 0.01, 0.015]), "decreasing")["agrees"] is False
 
-    inc = verdict(entry_for([0.3, 0.25, 0.28]), "decreasing")
-    assert inc["verdict"] == "increasing" and inc["agrees"] is False
+@pytest.mark.parametrize("seed", range(4))
+def test_fit_limit_tells_a_zero_limit_from_a_floor_under_noise(seed):
+    """2% noise, 3 seeds: a zero limit comes out consistent with 0 and well below the deepest
+    value; a floor of a = 0.05 (75% of the deepest value) is recovered within its interval and
+    bounded away from 0 by more than half the deepest value."""
+    zero = fit_limit(DEPTHS, limit_values(0.0, seed=seed))
+    assert zero.limit_ci[0] == 0.0 and zero.limit_ci[1] < LIMIT_FRACTION * zero.value_deepest
+    floor = fit_limit(DEPTHS, limit_values(0.05, seed=seed))
+    assert floor.limit_ci[0] <= 0.05 <= floor.limit_ci[1]
+    assert floor.limit_ci[0] > LIMIT_FRACTION * floor.value_deepest
 
-    # noisy: the interval contains 0 but the mean slope is not small
-    noisy = verdict(entry_for([-0.40, 0.10, -0.10]), "decreasing")
-    assert noisy["verdict"] == "inconclusive" and noisy["agrees"] is None
-    assert "contains 0 but |slope| ≥ 0.05" in noisy["reason"]
-    # the interval excludes 0 but one seed goes the other way
-    split = verdict(entry_for([-0.5, -0.5, -0.5, -0.5, 0.01]), "decreasing")
-    assert split["verdict"] == "inconclusive" and "seeds disagree" in split["reason"]
-    # a single seed has no interval
-    single = verdict(entry_for([-0.5]), "decreasing")
-    assert single["verdict"] == "inconclusive" and "single seed" in single["reason"]
+
+def test_fit_limit_interval_covers_the_floor():
+    """The bootstrap interval of the limit covers the true floor at about its level."""
+    hits = sum(
+        lo <= 0.03 <= hi
+        for lo, hi in (
+            fit_limit(DEPTHS, limit_values(0.03, seed=100 + k), n_boot=300).limit_ci
+            for k in range(60)
+        )
+    )
+    assert hits / 60 >= 0.8
+
+
+def test_fit_limit_errors():
+    with pytest.raises(ValueError, match="three or more distinct depths"):
+        fit_limit([2.0, 3.0], [[1.0, 0.5]])
+    with pytest.raises(ValueError, match="shape"):
+        fit_limit(DEPTHS, np.ones((2, 3)))
+    with pytest.raises(ValueError, match="positive"):
+        fit_limit([0.0, 2.0, 3.0], [[1.0, 0.5, 0.4]])
+
+
+def test_verdicts_read_the_limit():
+    zero = verdict(limit_entry(0.0), "zero")
+    assert zero["verdict"] == "zero" and zero["agrees"] is True and zero["metric"] == "nc1"
+    assert "consistent with 0" in zero["reason"] and "bootstrap" in zero["reason"]
+    assert verdict(limit_entry(0.0), "floor")["agrees"] is False
+    floor = verdict(limit_entry(0.05), "floor")
+    assert floor["verdict"] == "floor" and floor["agrees"] is True
+    assert verdict(limit_entry(0.05), "zero")["agrees"] is False
+    # a conclusively flat metric is a floor: it disagrees with an expected limit of 0
+    flat = verdict(limit_entry(0.3, C=0.001), "zero")
+    assert flat["verdict"] == "floor" and flat["agrees"] is False
+    # a small positive limit (11% of the deepest value) settles neither way
+    small = verdict(limit_entry(0.002, noise=0.002), "zero")
+    assert small["verdict"] == "inconclusive" and "positive but below the bar" in small["reason"]
     # nothing converged
-    rows = [{**r, "converged": False} for r in exact_table([-0.4, -0.3])]
-    unconv = verdict(rate_table(rows, ["nc1"])[0], "decreasing")
-    assert unconv["verdict"] == "inconclusive" and "not converged: 14 of 14" in unconv["reason"]
-    # flat_tol decides between flat and inconclusive
-    wide = entry_for([-0.20, 0.02, 0.0])  # mean slope -0.06
-    assert verdict(wide, "flat")["verdict"] == "inconclusive"
-    assert verdict(wide, "flat", flat_tol=0.1)["verdict"] == "flat"
+    rows = [{**r, "converged": False} for r in table_rows(limit_values(0.0))]
+    unconv = verdict(rate_table(rows, ["nc1"])[0], "zero")
+    assert unconv["verdict"] == "inconclusive" and "not converged: 21 of 21" in unconv["reason"]
+    # two depths: a slope but no limit
+    two = rate_table(table_rows(limit_values(0.0)[:, :2], depths=DEPTHS[:2]), ["nc1"])[0]
+    assert two["limit_note"] and verdict(two, "zero")["verdict"] == "inconclusive"
     with pytest.raises(ValueError, match="expect"):
-        verdict(wide, "increasing")
+        verdict(limit_entry(0.0), "decreasing")
+    with pytest.raises(ValueError, match="fraction"):
+        verdict(limit_entry(0.0), "zero", fraction=1.5)
 
 
 def test_preset_verdict_combines_metrics():
-    dec, flat = entry_for([-0.4, -0.35, -0.38], "nc1"), entry_for([-0.01, 0.02, 0.0], "nc3")
-    noisy = entry_for([-0.40, 0.10, -0.10], "nc2")
-    ok = preset_verdict([dec, {**dec, "metric": "nc2"}], "decreasing", ["nc1", "nc2"])
+    zero, floor = limit_entry(0.0, "nc1"), limit_entry(0.05, "nc3")
+    unsure = limit_entry(0.002, "nc2", noise=0.002)
+    ok = preset_verdict([zero, {**zero, "metric": "nc2"}], "zero", ["nc1", "nc2"])
     assert ok["verdict"] == "agrees" and ok["agrees"] is True
     assert [v["metric"] for v in ok["per_metric"]] == ["nc1", "nc2"]
-    bad = preset_verdict([dec, flat], "decreasing", ["nc1", "nc3"])
-    assert bad["verdict"] == "disagrees" and bad["agrees"] is False and "nc3 flat" in bad["reason"]
-    unsure = preset_verdict([dec, flat, noisy], "decreasing", ["nc1", "nc2", "nc3"])
-    assert unsure["verdict"] == "inconclusive" and unsure["agrees"] is None
-    assert "nc2" in unsure["reason"] and "nc3 flat" in unsure["reason"]
-    missing = preset_verdict([dec], "decreasing", ["nc1", "objective_gap"])
+    bad = preset_verdict([zero, floor], "zero", ["nc1", "nc3"])
+    assert bad["verdict"] == "disagrees" and bad["agrees"] is False and "nc3 floor" in bad["reason"]
+    # conclusive evidence against the prediction outweighs an inconclusive metric
+    mixed = preset_verdict([zero, floor, unsure], "zero", ["nc1", "nc2", "nc3"])
+    assert mixed["verdict"] == "disagrees" and "inconclusive: nc2" in mixed["reason"]
+    shaky = preset_verdict([zero, unsure], "zero", ["nc1", "nc2"])
+    assert shaky["verdict"] == "inconclusive" and shaky["agrees"] is None
+    missing = preset_verdict([zero], "zero", ["nc1", "objective_gap"])
     assert missing["verdict"] == "inconclusive"
     assert missing["per_metric"][1]["reason"] == "no rate for this metric"
-    assert preset_verdict([flat], "flat", ["nc3"])["agrees"] is True
-    json.dumps(unsure)
+    assert preset_verdict([floor], "floor", ["nc3"])["agrees"] is True
+    json.dumps(mixed)
     with pytest.raises(ValueError, match="expect"):
-        preset_verdict([dec], "down", ["nc1"])
+        preset_verdict([zero], "down", ["nc1"])
     with pytest.raises(ValueError, match="at least one metric"):
-        preset_verdict([dec], "decreasing", [])
+        preset_verdict([zero], "zero", [])

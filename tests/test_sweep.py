@@ -41,6 +41,9 @@ TINY = Preset(
         # loose criteria: these tests check the plumbing, not the optimiser
         "grad_tol": 1.0,
         "rel_tol": 1.0,
+        "escape_tol": 1.0,
+        "escape_lbfgs_iters": 5,
+        "escape_adam_steps": 10,
     },
     depths=(0, 1, 3),
     seeds=(0, 1),
@@ -179,8 +182,10 @@ def test_seed_certificate_compares_runs_on_the_same_data():
     assert [r.get("seed_ok") for r in rows] == [True] * 4 + [True, False, False, True, None]
     # the rates leave the flagged runs out, and say so
     fit = rate_table(rows, ["nc1"])[0]
-    # used: L = 2 (both seeds), 3 (seed 0), 5 (seed 1); seed 7 has one depth, so no fit
-    assert fit["n_runs_excluded_suboptimal"] == 2 and fit["n_runs_used"] == 4
+    # used: L = 2 (both seeds), 3 (seed 0), 5 (seed 1); seed 7 has one depth, so no fit; seed
+    # 0 at L = 5 is above its own L = 3, so the monotone certificate already leaves it out
+    assert fit["n_runs_excluded_suboptimal"] == 1 and fit["n_runs_excluded_nonmonotone"] == 1
+    assert fit["n_runs_used"] == 4
     # the report says which runs, against which (one line per depth)
     lines = seed_certificate_lines(mono)
     assert len(lines) == 2 and "L = 3, seed(s) 1, up to +12.5%" in lines[0]
@@ -232,7 +237,7 @@ def test_summary_rates_and_figures(tiny_sweep):
     assert r["n_runs_excluded_suboptimal"] == sum(not x["seed_ok"] for x in res.rows if x["depth"])
     if len(kept) == 2:
         assert r["ci_method"] == "t" and r["ci_low"] <= r["slope"] <= r["ci_high"]
-    assert res.verdict["expect"] == "decreasing"
+    assert res.verdict["expect"] == "zero"
     assert res.verdict["verdict"] in ("agrees", "disagrees", "inconclusive")
     saved = json.loads(res.paths["json"].read_text())
     assert saved["verdict"] == res.verdict and saved["monotone"] == res.monotone
@@ -317,7 +322,14 @@ def test_presets_cover_the_paper_and_cpu_protocols():
         if not preset.gpu_sized:
             assert preset.config["optimizer"] == "lbfgs", preset.name
     assert p.config["lam_schedule"] == "inverse_depth" and p.config["lr"] == 0.005
-    assert get_preset("paper-app-rn2-const-mnist").expect == "flat"
+    # the theory's prediction per preset: a floor for two-layer blocks at constant λ only
+    for preset in PRESETS.values():
+        const_rn2 = preset.config["arch"] == "rn2" and "lam_schedule" not in preset.config
+        assert preset.expect == ("floor" if const_rn2 else "zero"), preset.name
+    deep = get_preset("cpu-rn1-mnist1d-deep")
+    assert deep.depths[-2:] == (55, 89) and deep.seeds == (0,)
+    with pytest.raises(ValueError, match="expect must be one of"):
+        replace(main, expect="decreasing")
     assert get_preset("paper-fig1-t11pre-imdb").config["norm"] == "pre"
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("nope")
@@ -394,20 +406,45 @@ def test_budget_check_continues_extreme_depths_to_twice_the_budget(tiny_sweep, d
         rerun = json.loads(
             (res.out_dir / "budget2x" / "runs" / f"L{depth}-s0" / "row.json").read_text()
         )
-        assert rerun["epochs"] == 2 * TINY.config["epochs"] and rerun["epochs_done"] == 60
+        base = json.loads((res.out_dir / "runs" / f"L{depth}-s0" / "row.json").read_text())
+        used = base["epochs_done"] + base["escape_steps"]
+        # twice the iterations the 1x run used, all of them run (no early stop)
+        assert rerun["epochs"] == 2 * used and rerun["config"]["until_converged"] is False
+        assert rerun["epochs_done"] + rerun["escape_steps"] >= 2 * used
+        assert c["iterations_1x"] == used and c["iterations_run"] >= used > 0
         assert c["objective_2x"] == rerun["objective"] <= c["objective"]
         # one sign convention: positive = the larger budget lowered J
         rel = (c["objective"] - c["objective_2x"]) / abs(c["objective_2x"])
         assert c["rel_improvement_2x"] == pytest.approx(rel) and rel >= 0
         assert c["ok"] == (rerun["converged"] and abs(rel) <= c["tolerance"])
         # L-BFGS has no schedule: the 2x run is the 1x run continued, so its history extends it
-        base = json.loads((res.out_dir / "runs" / f"L{depth}-s0" / "metrics.json").read_text())
+        base_m = json.loads((res.out_dir / "runs" / f"L{depth}-s0" / "metrics.json").read_text())
         longer = json.loads(
             (res.out_dir / "budget2x" / "runs" / f"L{depth}-s0" / "metrics.json").read_text()
         )
-        assert longer["history"][: len(base["history"])] == base["history"]
+        assert longer["history"][: len(base_m["history"])] == base_m["history"]
     saved = json.loads(res.paths["json"].read_text())
     assert saved["budget_ok"] == all(c["ok"] for c in checks.values())
+
+
+def test_budget_check_of_a_stalled_run_runs_iterations(tmp_path, digits):
+    """A run that ended with its line search stalled is continued by the 2x check with fresh
+    optimiser state: the rerun executes real iterations (v0.2.0 restored the stall flag and
+    ran none, then reported "+0.00% → passes")."""
+    from deepnet.io import load_checkpoint, save_checkpoint
+    from reduction.sweep import budget_summary
+
+    preset = replace(TINY, depths=(0, 1), seeds=(0,))
+    run_sweep(preset, tmp_path, progress=False, data=digits, workers=1, budget_check=False)
+    ckpt_path = tmp_path / "runs" / "L1-s0" / "checkpoint.pt"
+    state = load_checkpoint(ckpt_path)
+    state["loop"].update(stalled=True, finished=True)  # as if the line search had stalled
+    save_checkpoint(ckpt_path, state)
+    res = run_sweep(preset, tmp_path, progress=False, data=digits, workers=1, budget_check=True)
+    (check,) = [c for c in budget_summary(preset, tmp_path, {}) if c["depth"] == 1]
+    assert check["iterations_run"] > 0 and res.budget_checks[0]["iterations_run"] > 0
+    rerun = json.loads((tmp_path / "budget2x" / "runs" / "L1-s0" / "row.json").read_text())
+    assert rerun["stalled"] is False or rerun["epochs_done"] > check["iterations_1x"]
 
 
 def test_data_seed_picks_the_subset_and_is_recorded(tmp_path):
