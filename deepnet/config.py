@@ -60,6 +60,7 @@ CONTINUATION_SAME = (
     "width",
     "norm",
     "ln_affine",
+    "ln_eps",
     "block_form",
     "heads",
     "readout",
@@ -85,9 +86,10 @@ class RunConfig:
     """Everything that defines one training run (recorded in config.json).
 
     Model: ``arch`` (see :data:`deepnet.models.ARCHS`), ``depth`` L ≥ 0 (0 = no blocks: embedding
-    → LN → classifier), ``width`` d, LN placement ``norm``, ``ln_affine``, ``block_form`` (L-RN1
-    only), ``heads``, ``readout`` and ``patch_size`` (transformers; None = the largest divisor of
-    the input size that is ≤ 7).
+    → LN → classifier), ``width`` d, LN placement ``norm``, ``ln_affine``, LayerNorm's ε
+    ``ln_eps`` (every LN of the model; THEORY §2: the UFM lower bound holds for any ε > 0),
+    ``block_form`` (L-RN1 only), ``heads``, ``readout`` and ``patch_size`` (transformers; None =
+    the largest divisor of the input size that is ≤ 7).
 
     Data: ``dataset``, ``n_per_class`` training samples per class (None = all), up to
     ``test_per_class`` test samples per class (fewer where a class has fewer), ``data_seed`` picks
@@ -127,6 +129,7 @@ class RunConfig:
     width: int = 64
     norm: str = "post"
     ln_affine: bool = False
+    ln_eps: float = 1e-5
     block_form: str = "relu_of_linear"
     heads: int = 1
     readout: str = "cls"
@@ -200,7 +203,7 @@ class RunConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")
-        for name in ("lr", "escape_adam_lr"):
+        for name in ("lr", "escape_adam_lr", "ln_eps"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be finite and > 0, got {value}")

@@ -138,8 +138,12 @@ class WhitenedLinear(nn.Module):
         return f"{self.in_features}, {self.out_features}, whitened"
 
 
-def check_common(width: int, depth: int, norm: str, num_classes: int) -> None:
+def check_common(
+    width: int, depth: int, norm: str, num_classes: int, ln_eps: float = LN_EPS
+) -> None:
     """Validation shared by every model config."""
+    if not (ln_eps > 0 and math.isfinite(ln_eps)):
+        raise ValueError(f"ln_eps must be finite and > 0 (LayerNorm's ε), got {ln_eps}")
     if width < 2:
         raise ValueError(f"width must be >= 2 (LayerNorm of one coordinate is 0), got {width}")
     if depth < 0:

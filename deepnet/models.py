@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .layers import CollapseNet, WhitenedLinear
+from .layers import LN_EPS, CollapseNet, WhitenedLinear
 from .resnet import ResNet, ResNetConfig
 from .transformer import Transformer, TransformerConfig
 
@@ -78,6 +78,7 @@ def _common(config: Any, data: Any) -> dict[str, Any]:
         depth=config.depth,
         norm=config.norm,
         ln_affine=config.ln_affine,
+        ln_eps=getattr(config, "ln_eps", LN_EPS),
         bias=config.bias,
         decay_embedding=config.decay_embedding,
     )

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers import Classifier, CollapseNet, LayerNorm, check_common, init_linear
+from .layers import LN_EPS, Classifier, CollapseNet, LayerNorm, check_common, init_linear
 
 BLOCK_FORMS = ("relu_of_linear", "linear_of_relu")
 
@@ -37,12 +37,13 @@ class ResNetConfig:
     layers_per_block: int = 1
     norm: str = "post"
     ln_affine: bool = False
+    ln_eps: float = LN_EPS
     block_form: str = "relu_of_linear"
     bias: bool = False
     decay_embedding: bool = False
 
     def __post_init__(self) -> None:
-        check_common(self.width, self.depth, self.norm, self.num_classes)
+        check_common(self.width, self.depth, self.norm, self.num_classes, self.ln_eps)
         if self.input_dim < 1:
             raise ValueError(f"input_dim must be >= 1, got {self.input_dim}")
         if self.layers_per_block not in (1, 2):
@@ -96,13 +97,14 @@ class ResNet(CollapseNet):
         embed = nn.Linear(config.input_dim, d, bias=False)
         init_linear(embed)
         self.embed = nn.ModuleDict({"E": embed})
-        self.ln_in = LayerNorm(d, config.ln_affine)
+        eps = config.ln_eps
+        self.ln_in = LayerNorm(d, config.ln_affine, eps)
         self.blocks = nn.ModuleList(
             ResBlock(d, config.layers_per_block, config.block_form) for _ in range(config.depth)
         )
         # post-LN: one LN after each block; pre-LN: one LN before each branch plus a final LN.
-        self.norms = nn.ModuleList(LayerNorm(d, config.ln_affine) for _ in range(config.depth))
-        self.ln_final = LayerNorm(d, config.ln_affine) if config.norm == "pre" else None
+        self.norms = nn.ModuleList(LayerNorm(d, config.ln_affine, eps) for _ in range(config.depth))
+        self.ln_final = LayerNorm(d, config.ln_affine, eps) if config.norm == "pre" else None
         self.classifier = Classifier(d, config.num_classes, config.bias)
         init_linear(self.classifier.linear)
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import KINDS, Classifier, CollapseNet, LayerNorm, check_common, init_linear
+from .layers import KINDS, LN_EPS, Classifier, CollapseNet, LayerNorm, check_common, init_linear
 
 READOUTS = ("cls", "last", "mean")
 
@@ -49,6 +49,7 @@ class TransformerConfig:
     norm: str = "post"
     readout: str = "cls"
     ln_affine: bool = False
+    ln_eps: float = LN_EPS
     bias: bool = False
     decay_embedding: bool = False
     patch_size: int = 7
@@ -60,7 +61,7 @@ class TransformerConfig:
     mlp_hidden: int | None = None
 
     def __post_init__(self) -> None:
-        check_common(self.width, self.depth, self.norm, self.num_classes)
+        check_common(self.width, self.depth, self.norm, self.num_classes, self.ln_eps)
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.mlp_layers not in (1, 2):
@@ -157,8 +158,8 @@ class Block(nn.Module):
         self.post = cfg.norm == "post"
         self.attn = Attention(cfg.width, cfg.heads)
         self.mlp = MLP(cfg.width, cfg.mlp_layers, cfg.mlp_hidden or cfg.width)
-        self.ln1 = LayerNorm(cfg.width, cfg.ln_affine)
-        self.ln2 = LayerNorm(cfg.width, cfg.ln_affine)
+        self.ln1 = LayerNorm(cfg.width, cfg.ln_affine, cfg.ln_eps)
+        self.ln2 = LayerNorm(cfg.width, cfg.ln_affine, cfg.ln_eps)
 
     def pad_init(self, scale: float) -> None:
         """Near-identity start for depth continuation: W_O = 0 (attention adds nothing), W_QKV
@@ -205,10 +206,11 @@ class Transformer(CollapseNet):
         self.embed.pos = nn.Parameter(0.02 * torch.randn(1, n_pos, d))
         if self.use_cls:
             self.embed.cls = nn.Parameter(0.02 * torch.randn(1, 1, d))
-        self.ln_in = LayerNorm(d, cfg.ln_affine)
+        eps = cfg.ln_eps
+        self.ln_in = LayerNorm(d, cfg.ln_affine, eps)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
-        self.ln_final = LayerNorm(d, cfg.ln_affine) if cfg.norm == "pre" else None
-        self.ln_mean = LayerNorm(d, cfg.ln_affine) if cfg.readout == "mean" else None
+        self.ln_final = LayerNorm(d, cfg.ln_affine, eps) if cfg.norm == "pre" else None
+        self.ln_mean = LayerNorm(d, cfg.ln_affine, eps) if cfg.readout == "mean" else None
         self.classifier = Classifier(d, cfg.num_classes, cfg.bias)
         init_linear(self.classifier.linear)
 

@@ -485,3 +485,36 @@ def re_escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def test_convergence_criteria_defaults_are_pinned():
+    """The criteria a run is judged by do not move quietly (THEORY §9): changing one of these is
+    a decision to state in THEORY and the results, not a tweak."""
+    from reduction.presets import PRESETS
+
+    cfg = RunConfig()
+    assert (cfg.grad_tol, cfg.rel_tol, cfg.conv_window) == (0.02, 1e-3, 0.1)
+    assert (cfg.escape_tol, cfg.escape_lbfgs_iters, cfg.escape_adam_steps) == (1e-3, 50, 200)
+    assert cfg.escape_adam_lr == 1e-4 and cfg.chunk == 500
+    for preset in PRESETS.values():
+        if preset.config.get("optimizer") == "lbfgs":
+            merged = RunConfig(**{**preset.config, "depth": 1})
+            assert merged.grad_tol == 0.02 and merged.escape_tol == 1e-3, preset.name
+
+
+@pytest.mark.parametrize("arch", ["rn1", "t11"])
+def test_ufm_bound_holds_at_a_large_ln_eps(arch):
+    """With LN's ε = 1e-2 the features sit visibly inside the ball, and the trained run still
+    satisfies fit + (λ/2)‖W‖² ≥ UFM* (the ball lift of THEORY §3 holds for any ε)."""
+    from reduction.distance import distance_to_optimum
+    from reduction.sweep import ufm_problem_for
+
+    data = _data("image" if arch == "t11" else "vector")
+    cfg = _cfg(arch=arch, depth=1, ln_eps=1e-2, epochs=60, lam=0.01)
+    res = train(cfg, data=data, progress=False)
+    norms = np.linalg.norm(res.features, axis=1) / math.sqrt(cfg.width)
+    assert norms.max() < 1.0 and norms.min() < 1 - 1e-3
+    problem = ufm_problem_for(cfg, res.labels, K)
+    dist = distance_to_optimum(res.features, res.labels, res.W, res.b, problem)
+    assert dist["gap"] >= 0 and res.fit + res.classifier_penalty >= dist["optimum_value"]
+    assert res.objective - dist["optimum_value"] >= res.body_penalty - 1e-12

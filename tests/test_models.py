@@ -247,3 +247,56 @@ def test_image_patches_by_hand():
         dim=1,
     )
     torch.testing.assert_close(tokens, expected)
+
+
+# ----------------------------------------------------------------------------- LayerNorm's ε
+
+
+@pytest.mark.parametrize(("arch", "norm", "readout"), [
+    ("rn1", "post", "cls"), ("rn2", "pre", "cls"), ("t11", "post", "cls"),
+    ("t12", "pre", "mean"), ("t11", "post", "last"),
+])  # fmt: skip
+def test_ln_eps_reaches_every_layernorm(arch, norm, readout):
+    kind = "vector" if arch.startswith("rn") else "image"
+    model, _ = _model(arch, norm, readout, kind, ln_eps=1e-2)
+    norms = [m for m in model.modules() if isinstance(m, LayerNorm)]
+    expected = 1 + (2 if arch.startswith("t") else 1) * 2 + (norm == "pre") + (readout == "mean")
+    assert len(norms) == expected and {m.eps for m in norms} == {1e-2}
+    default, _ = _model(arch, norm, readout, kind)
+    assert {m.eps for m in default.modules() if isinstance(m, LayerNorm)} == {1e-5}
+    with pytest.raises(ValueError, match="ln_eps must be finite and > 0"):
+        RunConfig(arch=arch, ln_eps=0.0)
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-2, 1.0])
+def test_larger_eps_keeps_features_inside_the_ball(eps):
+    """‖LN(z)‖ = √d·s/√(s² + ε) < √d for any ε > 0 (THEORY §2, §3): the features stay in the ball
+    the UFM lower bound is lifted from, whatever the ε."""
+    model, data = _model("t11", "post", "cls", "image", ln_eps=eps)
+    with torch.no_grad():
+        h = model.features(_x(data)).double()
+    norms = h.norm(dim=1) / math.sqrt(WIDTH)
+    assert (norms < 1).all() and h.mean(1).abs().max() < 1e-6
+    if eps >= 1e-2:
+        assert norms.min() < 1 - eps / 4  # ε visibly shrinks them
+
+
+@pytest.mark.parametrize("readout", ["cls", "last", "mean"])
+@pytest.mark.parametrize("kind", ["image", "text"])
+def test_depth0_transformer_at_each_readout(readout, kind):
+    """Depth 0: the feature is the readout of LN(embedding + positions); a CLS feature cannot
+    depend on the input, the last and mean features do."""
+    data = _dataset(kind)
+    cfg = RunConfig(arch="t11", depth=0, width=WIDTH, readout=readout, patch_size=4)
+    torch.manual_seed(0)
+    model = build_model(cfg, data)
+    assert len(model.blocks) == 0
+    with torch.no_grad():
+        h = model.features(_x(data)).double()
+    assert h.shape == (len(data.x_train), WIDTH)
+    # on the sphere up to ε/s²: the CLS token starts at 0.02·N(0, 1), a spread of ~0.02, where
+    # LN's ε = 1e-5 already shrinks the norm by ~1%
+    norms = h.norm(dim=1) / math.sqrt(WIDTH)
+    assert (norms <= 1).all() and (norms > 0.95).all()
+    spread = (h - h[0]).abs().max()
+    assert (spread < 1e-6) if readout == "cls" else (spread > 1e-3)
