@@ -186,7 +186,8 @@ def stationarity(
     design). J(E − w) is read from the history (the latest entry at or before E − w).
     converged ⇔ grad_norm ≤ grad_tol, |rel_change| ≤ rel_tol over a whole window, and the
     escape ``probe`` lowered J by at most escape_tol. A stalled line search is judged by the
-    same three tests: it is a property of the optimiser, not of the point.
+    same three tests: it is a property of the optimiser, not of the point. When it stalled
+    before a whole window of its own, the probes' steps (≥ w of them) are its window.
     """
     w = convergence_window(config)
     end = epochs_done
@@ -208,7 +209,19 @@ def stationarity(
     reasons = []
     if not grads["grad_norm"] <= config.grad_tol:
         reasons.append(f"gradient norm {grads['grad_norm']:.3g} > grad_tol {config.grad_tol:g}")
-    if start < 0:
+    probe_steps = config.escape_lbfgs_iters + config.escape_adam_steps
+    window_by_probe = start < 0 and stalled and probe is not None and probe_steps >= w
+    if window_by_probe:
+        # the line search stalled before a whole window: the probes ran ≥ w steps of other
+        # optimisers from the final point, and the most J fell over them is the window's change
+        assert probe is not None
+        rel, full_step = max(float(probe["escape_rel"]), 0.0), True
+        if not rel <= config.rel_tol:
+            reasons.append(
+                f"the line search stalled after {end} {unit}, and J fell by {100 * rel:.3g}% "
+                f"over the probes' {probe_steps} steps (rel_tol {100 * config.rel_tol:g}%)"
+            )
+    elif start < 0:
         reasons.append(
             f"only {end} {unit}{' (the line search stalled)' if stalled else ''}, fewer than "
             f"the window of {w}: the change of J cannot be judged"
@@ -247,6 +260,7 @@ def stationarity(
         **grads,
         "rel_change": rel,
         "window": w,
+        "window_by_probe": bool(window_by_probe),
         "window_start_objective": j0,
         "final_objective": j1,
         "full_step": bool(full_step),
