@@ -272,3 +272,44 @@ def stationarity(
         "converged": not reasons,
         "reasons": reasons,
     }
+
+
+@torch.no_grad()
+def ln_input_spreads(model: CollapseNet, x: Tensor) -> dict[str, Tensor]:
+    """The spread s = std over features (biased, as LN computes it) of every LayerNorm's input,
+    per sample and token, for the inputs ``x`` (THEORY §9). LN(u) = (u − ū)/√(s² + ε) has
+    curvature of order 1/(s² + ε): spreads near √ε make J stiff. Text pad positions (token id
+    0) are left out: they feed nothing. Returns {module name: 1-D tensor of spreads}."""
+    from .layers import LayerNorm
+
+    found: dict[str, Tensor] = {}
+
+    def hook(name: str) -> Any:
+        def record(_m: torch.nn.Module, inp: tuple[Tensor, ...], _out: Tensor) -> None:
+            u = inp[0].detach()
+            s = u.std(-1, unbiased=False)
+            if keep is not None and s.ndim == 2:
+                mask = keep
+                if s.shape[1] == keep.shape[1] + 1:  # a CLS token in front: always kept
+                    mask = torch.cat([keep.new_ones(len(keep), 1), keep], dim=1)
+                if s.shape == mask.shape:
+                    s = s[mask]
+            found[name] = s.reshape(-1).to(torch.float64)
+
+        return record
+
+    keep = (x != 0) if not x.is_floating_point() and x.ndim == 2 else None
+    handles = [
+        module.register_forward_hook(hook(name or "layernorm"))
+        for name, module in model.named_modules()
+        if isinstance(module, LayerNorm)
+    ]
+    was = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return found

@@ -28,6 +28,7 @@ import torch
 from scipy.optimize import nnls
 
 from deepnet import RunConfig, build_model, load_run_data
+from deepnet.convergence import ln_input_spreads
 from deepnet.io import load_checkpoint
 from deepnet.objective import batch_objective
 
@@ -90,7 +91,7 @@ def probe(run_dir: Path, radii: list[float], samples: int) -> None:
 
     def J_and_grad(v: torch.Tensor) -> tuple[float, torch.Tensor]:
         set_params(v)
-        J = batch_objective(model, x, y, cfg.lam, cfg.loss, decayed)
+        J = batch_objective(model, x, y, cfg.effective_lam, cfg.loss, decayed)
         g = torch.autograd.grad(J, params)
         return J.item(), torch.cat([t.reshape(-1) for t in g])
 
@@ -107,24 +108,8 @@ def probe(run_dir: Path, radii: list[float], samples: int) -> None:
             grads.append(J_and_grad(theta + r * u / u.norm())[1])
         hull = min_norm_in_hull(torch.stack(grads).numpy())
         print(f"ε = {eps:.0e}: min-norm sampled ε-subgradient {hull:.4g} ({samples} samples)")
-    spreads: dict[str, torch.Tensor] = {}
-
-    def record(name: str):  # a forward hook that returns None, so the output is unchanged
-        def hook(_m: torch.nn.Module, inp: tuple, _out: torch.Tensor) -> None:
-            spreads[name] = inp[0].detach().std(-1)
-
-        return hook
-
-    hooks = [
-        mod.register_forward_hook(record(name))
-        for name, mod in model.named_modules()
-        if type(mod).__name__ == "LayerNorm"
-    ]
     set_params(theta)
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
+    spreads = ln_input_spreads(model, x)
     for name, s in spreads.items():
         print(
             f"LN {name or 'input'}: input spread min {s.min().item():.3g}, median "

@@ -52,3 +52,46 @@ def test_probe_refuses_a_folder_that_is_not_a_run(tmp_path) -> None:
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.strip() == f"error: {tmp_path} is not a finished run folder (no config.json)"
 
+
+
+STUDY = Path(__file__).resolve().parents[1] / "scripts" / "ln_eps_study.py"
+
+
+def test_ln_eps_study_on_a_tiny_config(tmp_path) -> None:
+    """The ε × readout study end to end on a tiny slice of the Fashion-MNIST transformer preset:
+    one row per cell, ε reaches the model, and the spreads and norms are measured."""
+    import csv
+    import math
+
+    pytest.importorskip("deepnet.data")
+    from deepnet.data import load_dataset
+
+    try:
+        load_dataset("fashion-mnist", n_per_class=2, test_per_class=1)
+    except (FileNotFoundError, ValueError) as err:
+        pytest.skip(f"Fashion-MNIST not installed: {err}")
+    cmd = [
+        sys.executable, str(STUDY), "--out", str(tmp_path / "s"), "--presets", "cpu-t11-fashion",
+        "--eps", "1e-2,1e-5", "--readouts", "cls,mean", "--epochs", "4", "--workers", "1",
+        "--set", "n_per_class=3", "--set", "test_per_class=1", "--set", "width=8",
+        "--set", "escape_lbfgs_iters=2", "--set", "escape_adam_steps=3",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    with open(tmp_path / "s" / "study.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["ln_eps"], r["readout"]) for r in rows} == {
+        ("0.01", "cls"), ("0.01", "mean"), ("1e-05", "cls"), ("1e-05", "mean")
+    }
+    for r in rows:
+        assert 0 < float(r["min_spread"]) and 0 < float(r["min_norm"]) <= 1.0
+        assert int(r["iterations"]) >= 1 and math.isfinite(float(r["objective"]))
+    cfg = (tmp_path / "s" / "cpu-t11-fashion" / "eps0.01-cls-s0" / "config.json").read_text()
+    assert '"ln_eps": 0.01' in cfg and '"readout": "cls"' in cfg
+    assert "| cpu-t11-fashion | 0.01 | cls |" in (tmp_path / "s" / "study.md").read_text()
+    # a second call reads the finished runs back, and a bad list is one line
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "| cpu-t11-fashion |" in again.stdout
+    bad = subprocess.run([*cmd[:2], "--out", str(tmp_path / "b"), "--readouts", "middle"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "middle" in bad.stderr and "Traceback" not in bad.stderr
