@@ -95,3 +95,42 @@ def test_ln_eps_study_on_a_tiny_config(tmp_path) -> None:
     bad = subprocess.run([*cmd[:2], "--out", str(tmp_path / "b"), "--readouts", "middle"],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "middle" in bad.stderr and "Traceback" not in bad.stderr
+
+
+COMPARE = Path(__file__).resolve().parents[1] / "scripts" / "compare_sweeps.py"
+
+
+def test_compare_sweeps_measures_run_to_run_differences(tmp_path) -> None:
+    import json
+    import shutil
+
+    from deepnet.data import load_dataset
+    from reduction.presets import Preset
+    from reduction.sweep import run_sweep
+
+    preset = Preset(
+        name="tiny", description="t", depths=(0, 1), seeds=(0,), budget_check=False,
+        config={"arch": "rn1", "dataset": "digits", "width": 8, "n_per_class": 5,
+                "test_per_class": 2, "optimizer": "lbfgs", "epochs": 5, "eval_every": 5,
+                "escape_lbfgs_iters": 2, "escape_adam_steps": 3, "device": "cpu"},
+    )  # fmt: skip
+    data = load_dataset("digits", n_per_class=5, test_per_class=2, seed=0)
+    run_sweep(preset, tmp_path / "a", progress=False, data=data, workers=1)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    row_file = tmp_path / "b" / "runs" / "L1-s0" / "row.json"
+    row = json.loads(row_file.read_text())
+    row["objective"] *= 1 + 3e-4  # as if another CPU had summed in another order
+    row_file.write_text(json.dumps(row))
+    out = subprocess.run([sys.executable, str(COMPARE), str(tmp_path / "a"), str(tmp_path / "b"),
+                          "--json"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["runs_compared"] == 2 and result["converged_differs"] == []
+    assert abs(result["max_rel_diff"]["objective"] - 3e-4) < 1e-9
+    assert result["max_rel_diff"]["nc1"] == 0.0
+    same = subprocess.run([sys.executable, str(COMPARE), str(tmp_path / "a"), str(tmp_path / "a")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert same.returncode == 0 and "objective: largest relative difference 0.00e+00" in same.stdout
+    bad = subprocess.run([sys.executable, str(COMPARE), str(tmp_path), str(tmp_path / "a")],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
