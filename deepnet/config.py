@@ -407,3 +407,62 @@ class RunResult:
             if f.name not in skip:
                 out[f.name] = getattr(self, f.name)
         return out
+
+
+# --------------------------------------------------------------------------------------------
+# limits and fingerprints
+# --------------------------------------------------------------------------------------------
+
+#: the deepest network a sweep accepts: a guard against typos (``--depths 1000000`` would build
+#: a model that cannot fit in memory); the paper's deepest runs have tens of blocks
+MAX_DEPTH = 10_000
+
+#: fields left out of a fingerprint: those that may differ between a run and its resumption
+#: (RESUME_FREE) and those a sweep sets per unit (depth, seed); ``init`` and ``data_seed`` enter
+#: in their sweep-level form (see :func:`fingerprint_fields`)
+FINGERPRINT_FREE = (*RESUME_FREE, "depth", "seed")
+
+
+def fingerprint_fields(
+    config: RunConfig, *, per_seed: bool = False, continuation: bool = False
+) -> dict[str, Any]:
+    """The settings a fingerprint hashes: the resolved config minus :data:`FINGERPRINT_FREE`.
+
+    In a sweep whose units each draw their own subset (``per_seed``) ``data_seed`` is written as
+    "per_seed" when it equals the unit's seed; in a continuation sweep ``init`` is written as
+    "continuation" (the shallowest unit of a chain starts from the default init, and a default
+    start is exactly the run a continuation sweep makes when nothing shallower exists).
+    """
+    fields = {k: v for k, v in config.to_dict().items() if k not in FINGERPRINT_FREE}
+    fields["data_seed"] = (
+        "per_seed" if per_seed and config.subset_seed == config.seed else config.subset_seed
+    )
+    if continuation:
+        fields["init"] = "continuation"
+    return fields
+
+
+def fingerprint_of(fields: dict[str, Any]) -> str:
+    """16 hex digits of the SHA-256 of ``fields`` as canonical JSON (sorted keys)."""
+    import hashlib
+    import json
+
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fingerprint(config: RunConfig, *, per_seed: bool = False, continuation: bool = False) -> str:
+    """A short stable hash of the settings that produced a run (:func:`fingerprint_fields`):
+    two runs with the same fingerprint differ at most in depth, seed and where they ran."""
+    return fingerprint_of(fingerprint_fields(config, per_seed=per_seed, continuation=continuation))
+
+
+def fingerprint_diff(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
+    """The fields two fingerprinted settings differ in, as ``name: A there, B here`` (short)."""
+
+    def short(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    return "; ".join(f"{k}: {short(theirs.get(k))} there, {short(ours.get(k))} here" for k in keys)

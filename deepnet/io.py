@@ -85,6 +85,42 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+class CorruptSourceError(ValueError):
+    """The finished shallower run a continuation starts from cannot be used: its checkpoint is
+    missing or unreadable. ``source`` is its folder; a sweep quarantines the checkpoint and
+    trains that run again (a plain ValueError everywhere else: one line)."""
+
+    def __init__(self, source: Path, message: str) -> None:
+        super().__init__(message)
+        self.source = Path(source)
+
+
+def checkpoint_summary(path: Path) -> dict[str, Any]:
+    """The stored config, epoch and parameter shapes of a checkpoint, read without loading its
+    tensors (memory-mapped: cheap even for large models). Raises CorruptCheckpointError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise CorruptCheckpointError(f"{path} is not a readable checkpoint ({err})") from err
+    if not isinstance(state, dict) or not {"config", "epoch", "model"} <= set(state):
+        raise CorruptCheckpointError(f"{path} is not a deepnet checkpoint")
+    model = state["model"]
+    if not isinstance(state["config"], dict) or not isinstance(model, dict):
+        raise CorruptCheckpointError(f"{path} is not a deepnet checkpoint")
+    return {
+        "config": state["config"],
+        "epoch": state["epoch"],
+        "shapes": {k: tuple(v.shape) for k, v in model.items() if isinstance(v, torch.Tensor)},
+    }
+
+
+def depth_of_state(state: dict[str, Any]) -> int:
+    """The number of blocks a model state holds (its ``blocks.<i>.`` parameters): the depth
+    read from the tensors themselves, not from a config that may have been edited."""
+    indices = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
+    return max(indices) + 1 if indices else 0
+
+
 def rng_state(gen: torch.Generator) -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "perm": gen.get_state()}
     if torch.cuda.is_available():

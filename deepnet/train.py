@@ -42,6 +42,8 @@ from .convergence import (
 )
 from .io import (
     CorruptCheckpointError,
+    CorruptSourceError,
+    depth_of_state,
     load_checkpoint,
     provenance,
     rng_state,
@@ -697,18 +699,42 @@ def make_result(
 def _continue_from(config: RunConfig, model: CollapseNet, run_path: Path | None) -> None:
     """Start ``model`` (depth L) from the finished shallower run in ``config.init_from`` (a
     relative path is relative to this run's folder): its embedding, blocks and classifier are
-    copied, blocks L'..L−1 start near the identity."""
-    import json
+    copied, blocks L'..L−1 start near the identity.
 
+    What is continued is read from the source's checkpoint, never from its config.json: the depth
+    from its tensors (and its stored config), the model and data fields from its stored config.
+    A config.json that disagrees with the checkpoint (an edited folder), a source of another
+    model or data, or tensors that do not fit this model are refused with one line; a missing or
+    unreadable checkpoint raises :class:`CorruptSourceError` (a sweep then redoes that run).
+    """
     src = Path(config.init_from) if config.init_from else None
     if src is not None and not src.is_absolute() and run_path is not None:
         src = Path(os.path.normpath(run_path / src))  # lexical: run_path need not exist yet
-    if src is None or not (src / "metrics.json").exists() or not (src / "checkpoint.pt").exists():
+    if src is None or not (src / "metrics.json").exists():
         raise ValueError(
             "init='continuation' needs a finished shallower run in init_from (a run folder with "
             f"metrics.json and checkpoint.pt); got {config.init_from!r}"
         )
-    src_cfg = RunConfig.from_dict(json.loads((src / "config.json").read_text()))
+    if not (src / "checkpoint.pt").exists():
+        raise CorruptSourceError(src, f"cannot continue from {src}: it has no checkpoint.pt")
+    try:
+        ckpt = load_checkpoint(src / "checkpoint.pt")
+        src_cfg = RunConfig.from_dict(dict(ckpt["config"]))
+    except CorruptCheckpointError as err:
+        raise CorruptSourceError(src, f"cannot continue from {src}: {err}") from err
+    except (TypeError, ValueError) as err:  # a stored config this version cannot read
+        raise CorruptSourceError(
+            src, f"cannot continue from {src}: its checkpoint's config is unreadable ({err})"
+        ) from err
+    state = ckpt["model"]
+    held = depth_of_state(state)
+    if held != src_cfg.depth:
+        raise CorruptSourceError(
+            src,
+            f"cannot continue from {src}: its checkpoint holds {held} blocks but says depth "
+            f"{src_cfg.depth}",
+        )
+    _check_config_json(src, src_cfg)
     if src_cfg.depth >= config.depth:
         raise ValueError(
             f"continuation must start from a shallower run: {src} has depth {src_cfg.depth}, "
@@ -719,14 +745,68 @@ def _continue_from(config: RunConfig, model: CollapseNet, run_path: Path | None)
         diff.append("data_seed")
     if diff:
         raise ValueError(f"{src} is a run of another model or data (fields {diff})")
-    try:
-        state = load_checkpoint(src / "checkpoint.pt")["model"]
-    except CorruptCheckpointError as err:
-        raise ValueError(f"cannot continue from {src}: {err}") from err
     merged = model.state_dict()
-    unknown = sorted(set(state) - set(merged))
-    if unknown:
-        raise ValueError(f"{src} holds parameters this model does not have: {unknown[:5]}")
+    # exactly the parameters of this model up to the source's depth, with the same shapes
+    expected = {k for k in merged if not (k.startswith("blocks.") and int(k.split(".")[1]) >= held)}
+    unknown, missing = sorted(set(state) - expected), sorted(expected - set(state))
+    if unknown or missing:
+        what = (
+            f"parameters this model does not have: {unknown[:3]}"
+            if unknown
+            else (f"none of {missing[:3]}")
+        )
+        raise ValueError(f"{src} holds {what}; it is not a shallower run of this model")
+    bad = [k for k in state if tuple(state[k].shape) != tuple(merged[k].shape)]
+    if bad:
+        k = bad[0]
+        raise ValueError(
+            f"{src} does not fit this model: {k} has shape {tuple(state[k].shape)} there, "
+            f"{tuple(merged[k].shape)} here"
+        )
     merged.update({k: v.to(merged[k].dtype) for k, v in state.items()})
     model.load_state_dict(merged)
-    model.pad_init(src_cfg.depth, config.pad_scale)
+    model.pad_init(held, config.pad_scale)
+
+
+def _check_config_json(run_dir: Path, stored: RunConfig) -> None:
+    """Refuse a run folder whose config.json disagrees with the config stored in its checkpoint
+    (beyond the fields a resumption may change): the folder was edited, and neither can be
+    trusted to say what the other holds. A folder without config.json is judged by its
+    checkpoint alone."""
+    import json
+
+    path = run_dir / "config.json"
+    if not path.exists():
+        return
+    try:
+        written = RunConfig.from_dict(json.loads(path.read_text())).to_dict()
+    except (OSError, ValueError, TypeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path} is not a readable run config ({err}): the folder was edited or damaged; "
+            "restore config.json or delete the run"
+        ) from None
+    theirs = stored.to_dict()
+    diff = [k for k in theirs if k not in RESUME_FREE and written.get(k) != theirs[k]]
+    if diff:
+        k, more = diff[0], f"; also {diff[1:]}" if diff[1:] else ""
+        raise ValueError(
+            f"{path} disagrees with the checkpoint beside it ({k}: {written.get(k)!r} in "
+            f"config.json, {theirs[k]!r} in checkpoint.pt{more}): the folder was edited; "
+            "restore config.json or delete the run"
+        )
+
+
+def check_threads(n: int | None) -> None:
+    """Refuse more CPU threads than this process may use (one line): torch would try to start
+    them all (100,000 threads end the process), and more threads than cores only slow it."""
+    if n is None:
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    if n > cores:
+        raise ValueError(
+            f"num_threads={n} is more than the {cores} core(s) this process may use; "
+            f"use 1 to {cores} (or None to leave torch's setting)"
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import time
@@ -32,6 +33,8 @@ MONOTONE_TOL = 1e-6
 #: amount before the seed certificate calls it materially suboptimal [choice] (THEORY §10)
 SEED_TOL = 1e-2
 
+log = logging.getLogger("deepcollapse")
+
 
 def read_rows(out: Path) -> list[dict[str, Any]]:
     """Every finished unit's row under OUT/runs, one per (depth, seed), sorted."""
@@ -39,6 +42,52 @@ def read_rows(out: Path) -> list[dict[str, Any]]:
 
     rows = [r for r in (read_row(d) for d in sorted((Path(out) / "runs").glob("L*-s*"))) if r]
     return sorted(rows, key=lambda r: (r["depth"], r["seed"]))
+
+
+def split_rows(
+    out: Path, rows: Sequence[dict[str, Any]], identity: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows of the sweep ``identity``, the others with why): a row is the sweep's when the
+    fingerprint of its config is the sweep's and, for a finished run, the config.json beside it
+    says the same. Each kept row's ``fingerprint`` is set to the one recomputed from its config
+    (a stored value is never trusted)."""
+    from deepnet import RunConfig
+    from reduction.sweep import _disagreement
+
+    keep, excluded = [], []
+    for row in rows:
+        why = ""
+        try:
+            config = RunConfig.from_dict(dict(row.get("config") or {}))
+        except (ValueError, TypeError) as err:
+            why, config = f"its config is unreadable ({err})", None
+        if config is not None:
+            why = identity.diff(config)
+            if not why and _ok(row) and not row.get("unsaved"):
+                why = _config_json_disagrees(out / row["run_dir"], config, _disagreement)
+        if why:
+            excluded.append(
+                {k: row.get(k) for k in ("run_dir", "depth", "seed", "status", "fingerprint")}
+                | {"why": why}
+            )
+            continue
+        keep.append({**row, "fingerprint": identity.fingerprint})
+    return keep, excluded
+
+
+def _config_json_disagrees(run_dir: Path, config: Any, disagreement: Any) -> str:
+    """Why the config.json beside a finished row does not say what the row says ('' if it does)."""
+    from deepnet import RunConfig
+
+    path = run_dir / "config.json"
+    if not path.exists():
+        return ""
+    try:  # through RunConfig: fields a later version added take their defaults on both sides
+        written = RunConfig.from_dict(json.loads(path.read_text())).to_dict()
+    except (OSError, ValueError, TypeError, UnicodeDecodeError):
+        return "its config.json is not a readable run config (an edited or damaged folder)"
+    d = disagreement(written, config.to_dict(), ("config.json", "row.json"))
+    return f"config.json disagrees with row.json ({d}): an edited folder" if d else ""
 
 
 def _ok(row: Mapping[str, Any]) -> bool:
@@ -151,17 +200,29 @@ def table_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _load_preset(out: Path) -> Preset:
-    spec = json.loads((out / "sweep.json").read_text())
-    p = spec["preset"]
-    return Preset(
-        **{
-            **p,
-            "depths": tuple(p["depths"]),
-            "seeds": tuple(p["seeds"]),
-            "metrics": tuple(p["metrics"]),
-            "verdict_metrics": tuple(p.get("verdict_metrics", Preset.verdict_metrics)),
-        }
-    )
+    return _load_spec(out)[0]
+
+
+def _load_spec(out: Path) -> tuple[Preset, dict[str, Any]]:
+    """The preset and overrides recorded in OUT/sweep.json (ValueError, one line, without)."""
+    from reduction.sweep import preset_from_spec
+
+    path = out / "sweep.json"
+    if not path.exists():
+        raise ValueError(f"{out} is not a sweep folder (no sweep.json)")
+    try:
+        spec = json.loads(path.read_text())
+        return preset_from_spec(spec["preset"]), dict(spec.get("overrides") or {})
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{path} is unreadable ({type(err).__name__}: {err}); rerun the sweep command to "
+            "check the run folders against it and write it anew"
+        ) from None
+
+
+def _writable(folder: Path) -> bool:
+    """Whether files can be created in ``folder`` (a read-only folder or file system: no)."""
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def report(
@@ -170,82 +231,112 @@ def report(
     preset: Preset | None = None,
     budget_checks: Sequence[Mapping[str, Any]] | None = None,
     tables_only: bool = False,
+    identity: Any = None,
+    extra_rows: Sequence[Mapping[str, Any]] = (),
+    write: bool | None = None,
+    dest: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Rebuild results.csv from the run folders; unless ``tables_only``, also the summary
     (mean ± std per depth over the runs that finished), the rates (converged runs at depths > 0
     only, t-intervals over seeds, fit quality), the verdict against the preset's expectation,
-    the monotone certificate, summary.json and the figure (PNG and PDF)."""
-    from reduction.sweep import SweepResult
+    the monotone certificate, summary.json and the figure (PNG and PDF).
+
+    Only rows made with the sweep's settings enter (``identity``, default: from sweep.json);
+    the others are listed in summary.json under ``excluded``. ``extra_rows``: rows that exist
+    only in memory (their folder could not be written). When no run finished, the tables hold
+    the failed rows and the verdict names their first causes. The files go to ``dest`` (default
+    OUT); ``write=False``, or a read-only OUT without ``dest``, writes nothing.
+    """
+    from reduction.sweep import SweepResult, sweep_identity
 
     out = Path(out_dir)
-    if preset is None:
-        if not (out / "sweep.json").exists():
-            raise ValueError(f"{out} is not a sweep folder (no sweep.json)")
-        preset = _load_preset(out)
-    rows = read_rows(out)
+    if preset is None or identity is None:
+        spec_preset, overrides = _load_spec(out)
+        preset = preset or spec_preset
+        identity = identity or sweep_identity(spec_preset, overrides)
+    target = Path(dest) if dest is not None else out
+    if write is None:
+        write = dest is not None or _writable(out)
+        if not write:
+            log.warning(
+                "notice: %s is read-only: report writes nothing (dest= writes elsewhere)", out
+            )
+    on_disk = read_rows(out)
+    seen = {r["run_dir"] for r in on_disk}
+    extra = [dict(r) for r in extra_rows if r.get("run_dir") not in seen]
+    everything = sorted([*on_disk, *extra], key=lambda r: (r["depth"], r["seed"]))
+    rows, excluded = split_rows(out, everything, identity)
     monotone = monotone_certificate(rows)
     paths = {
-        "results": out / "results.csv",
-        "summary": out / "summary.csv",
-        "rates": out / "rates.csv",
-        "json": out / "summary.json",
-        "png": out / "figure.png",
-        "pdf": out / "figure.pdf",
-        "layers_png": out / "figure_layers.png",
-        "history_png": out / "figure_history.png",
+        "results": target / "results.csv",
+        "summary": target / "summary.csv",
+        "rates": target / "rates.csv",
+        "json": target / "summary.json",
+        "png": target / "figure.png",
+        "pdf": target / "figure.pdf",
+        "layers_png": target / "figure_layers.png",
+        "history_png": target / "figure_history.png",
     }
-    _write_csv(paths["results"], table_rows(rows))
+    if write:
+        _write_csv(paths["results"], table_rows(rows))
     ok = [r for r in rows if _ok(r)]
     if tables_only:
         return None
-    if not ok:
-        raise ValueError(f"no finished runs under {out / 'runs'}")
     if budget_checks is None:
-        old = paths["json"]
-        budget_checks = json.loads(old.read_text()).get("budget_checks", []) if old.exists() else []
-    metrics = [m for m in SUMMARY_METRICS if m in ok[0]]
-    summary = summarize_by_depth(ok, metrics)
-    for s in summary:
-        group = [r for r in ok if r["depth"] == s["depth"]]
-        s["n_converged"] = sum(bool(r.get("converged")) for r in group)
-    rates = rate_table(
-        ok, [m for m in RATE_METRICS if m in ok[0]], converged_only=True, targets=_targets(ok)
-    )
-    verdict = preset_verdict(rates, preset.expect, list(preset.verdict_metrics))
-    _write_csv(paths["summary"], long_summary(summary, metrics))
-    _write_csv(paths["rates"], rates)
-    converged = sum(bool(r.get("converged")) for r in ok)
-    write_json(
-        paths["json"],
-        {
-            "preset": asdict(preset),
-            "expect": preset.expect,
-            "n_runs": len(rows),
-            "n_ok": len(ok),
-            "n_converged": converged,
-            "failed": [
-                {k: r.get(k) for k in ("depth", "seed", "status", "error")}
-                for r in rows
-                if not _ok(r)
-            ],
-            "monotone": monotone,
-            "verdict": verdict,
-            "summary": summary,
-            "rates": rates,
-            "budget_checks": list(budget_checks),
-            "budget_ok": all(c.get("ok") for c in budget_checks) if budget_checks else None,
-            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-    )
-    fig_metrics = tuple(m for m in preset.metrics if m in ok[0])
-    if any(r["depth"] > 0 for r in ok):
-        fig = plot_depth(table_rows(ok), metrics=fig_metrics, title=_title(preset, ok))
-        for key in ("png", "pdf"):  # plot_depth's Figure holds no pyplot state: nothing to close
-            atomic_write(
-                paths[key],
-                lambda fh, fmt=key: fig.savefig(fh, format=fmt, dpi=150, bbox_inches="tight"),
-            )
-    _extra_figures(out, ok, paths)
+        old = out / "summary.json"
+        try:
+            budget_checks = json.loads(old.read_text()).get("budget_checks", [])
+        except (OSError, ValueError, AttributeError):
+            budget_checks = []
+    failed = [
+        {k: r.get(k) for k in ("depth", "seed", "status", "error", "run_dir")}
+        for r in rows
+        if not _ok(r)
+    ]
+    if ok:
+        metrics = [m for m in SUMMARY_METRICS if m in ok[0]]
+        summary = summarize_by_depth(ok, metrics)
+        for s in summary:
+            group = [r for r in ok if r["depth"] == s["depth"]]
+            s["n_converged"] = sum(bool(r.get("converged")) for r in group)
+        rates = rate_table(
+            ok, [m for m in RATE_METRICS if m in ok[0]], converged_only=True, targets=_targets(ok)
+        )
+        verdict = preset_verdict(rates, preset.expect, list(preset.verdict_metrics))
+    else:
+        metrics, summary, rates = [], [], []
+        verdict = _no_runs_verdict(out, preset, failed, excluded)
+    payload = {
+        "preset": asdict(preset),
+        "expect": preset.expect,
+        "fingerprint": identity.fingerprint,
+        "n_runs": len(rows),
+        "n_ok": len(ok),
+        "n_converged": sum(bool(r.get("converged")) for r in ok),
+        "failed": failed,
+        "excluded": excluded,
+        "monotone": monotone,
+        "verdict": verdict,
+        "summary": summary,
+        "rates": rates,
+        "budget_checks": list(budget_checks),
+        "budget_ok": all(c.get("ok") for c in budget_checks) if budget_checks else None,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if write:
+        _write_csv(paths["summary"], long_summary(summary, metrics))
+        _write_csv(paths["rates"], rates)
+        write_json(paths["json"], payload)
+    if write and ok:
+        fig_metrics = tuple(m for m in preset.metrics if m in ok[0])
+        if any(r["depth"] > 0 for r in ok):
+            fig = plot_depth(table_rows(ok), metrics=fig_metrics, title=_title(preset, ok))
+            for key in ("png", "pdf"):  # plot_depth's Figure holds no pyplot state
+                atomic_write(
+                    paths[key],
+                    lambda fh, fmt=key: fig.savefig(fh, format=fmt, dpi=150, bbox_inches="tight"),
+                )
+        _extra_figures(out, ok, paths)
     return SweepResult(
         out_dir=out,
         preset=preset,
@@ -256,6 +347,9 @@ def report(
         monotone=monotone,
         verdict=verdict,
         paths=paths,
+        fingerprint=identity.fingerprint,
+        excluded=excluded,
+        written=bool(write),
     )
 
 
@@ -267,6 +361,38 @@ def _targets(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     if len(values) == 1:
         out["objective_gap"] = GAP_FRACTION * values.pop()
     return out
+
+
+#: how many failed runs the verdict of a sweep without finished runs names
+FIRST_CAUSES = 3
+
+
+def _no_runs_verdict(
+    out: Path,
+    preset: Preset,
+    failed: Sequence[Mapping[str, Any]],
+    excluded: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The verdict when no run finished: what happened instead, with the first causes, and the
+    failed rows themselves (so that ``--json`` shows every error)."""
+    if failed:
+        causes = "; ".join(
+            f"L{f['depth']} s{f['seed']}: {f['status']}: {f.get('error') or '?'}"
+            for f in failed[:FIRST_CAUSES]
+        )
+        more = f" (and {len(failed) - FIRST_CAUSES} more)" if len(failed) > FIRST_CAUSES else ""
+        reason = f"all {len(failed)} run(s) failed or diverged; first causes: {causes}{more}"
+    elif excluded:
+        reason = f"every run under {out / 'runs'} was made with other settings ({len(excluded)})"
+    else:
+        reason = f"no run under {out / 'runs'} has finished yet"
+    return {
+        "expect": preset.expect,
+        "verdict": "no finished runs",
+        "reason": reason,
+        "per_metric": [],
+        "failed": list(failed),
+    }
 
 
 def seed_certificate_lines(mono: Mapping[str, Any]) -> list[str]:

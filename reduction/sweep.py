@@ -8,8 +8,15 @@ Layout of a sweep folder ``OUT``::
     OUT/budget2x/runs/...     the 2×-budget reruns of the extreme depths
     OUT/results.csv, summary.csv, rates.csv, summary.json, figure.png/.pdf   (see aggregate.py)
 
-A unit is finished exactly when its ``row.json`` exists (written atomically, last). A sweep that
-is killed and restarted skips finished units; an interrupted unit resumes from its checkpoint.
+A unit is finished exactly when its ``row.json`` exists, is complete (every key a row must
+have) and is written atomically, last. A sweep that is killed and restarted skips finished units;
+an interrupted unit resumes from its checkpoint.
+
+What a folder holds is checked, not trusted (README, "Reliability"): every row and run folder
+carries the fingerprint of the settings that produced it (:func:`deepnet.config.fingerprint`),
+and a sweep refuses to add runs to a folder whose runs were made with other settings, whether or
+not sweep.json is there; ``results.csv`` is rebuilt from matching rows only. A finished run whose
+config.json disagrees with its row.json or checkpoint (an edited folder) is refused.
 With ``init="continuation"`` the depths of one seed form a chain: depth L starts from the
 finished next-shallower run of the same seed, padded with near-identity blocks, so
 J_L(run) starts at J_{L'}(run) up to the near-identity padding and L-BFGS only descends; the
@@ -21,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import shutil
@@ -36,15 +44,28 @@ import torch
 
 import ufm
 from deepnet import (
-    CorruptCheckpointError,
     RunConfig,
     RunResult,
     TrainingDivergedError,
     load_run_data,
     train,
 )
+from deepnet.config import (
+    MAX_DEPTH,
+    RESUME_FREE,
+    fingerprint_diff,
+    fingerprint_fields,
+    fingerprint_of,
+)
 from deepnet.data import Dataset
-from deepnet.io import write_json
+from deepnet.io import (
+    CorruptCheckpointError,
+    CorruptSourceError,
+    checkpoint_summary,
+    depth_of_state,
+    write_json,
+)
+from deepnet.train import check_threads
 from reduction.distance import distance_to_optimum, group_distance
 from reduction.metrics import collapse_metrics
 from reduction.presets import Preset, get_preset
@@ -55,6 +76,19 @@ BUDGET_TOL = 0.01
 
 #: RunConfig fields a sweep sets per unit (not allowed as overrides)
 _UNIT_FIELDS = ("depth", "seed", "init_from")
+#: a unit whose worker process died this many times (killed by a signal, e.g. out of memory) is
+#: recorded as failed for good instead of being retried on every restart
+MAX_WORKER_DEATHS = 2
+#: keys every row has; a row.json without them (cut short, edited) is unfinished and redone
+ROW_KEYS = ("depth", "seed", "status", "run_dir", "config")
+#: keys every finished ("ok") row has: what the certificates, rates and tables read
+OK_ROW_KEYS = (
+    "arch", "dataset", "lam", "objective", "fit", "ufm_value", "objective_gap", "grad_norm",
+    "converged", "nc1", "nc3",
+)  # fmt: skip
+STATUSES = ("ok", "diverged", "failed")
+
+log = logging.getLogger("deepcollapse")
 
 
 @dataclass
@@ -71,6 +105,50 @@ class SweepResult:
     verdict: dict[str, Any] = field(default_factory=dict)
     paths: dict[str, Path] = field(default_factory=dict)
     trained: int = 0  # units trained (not skipped) in this call
+    fingerprint: str = ""  # of the settings every row in ``rows`` was made with
+    excluded: list[dict[str, Any]] = field(default_factory=list)  # rows of other settings
+    written: bool = True  # False: report wrote nothing (a read-only folder)
+
+
+@dataclass(frozen=True)
+class SweepIdentity:
+    """The settings a sweep's runs share, and their fingerprint (:func:`sweep_identity`)."""
+
+    fingerprint: str
+    fields: dict[str, Any]
+    per_seed: bool  # each seed draws its own data subset
+    continuation: bool  # init="continuation": the depths of a seed form a chain
+
+    def fields_of(self, config: RunConfig) -> dict[str, Any]:
+        return fingerprint_fields(config, per_seed=self.per_seed, continuation=self.continuation)
+
+    def fingerprint_of(self, config: RunConfig) -> str:
+        """The fingerprint of one unit's config, seen as a unit of a sweep like this one."""
+        return fingerprint_of(self.fields_of(config))
+
+    def diff(self, config: RunConfig, *, unfinished: bool = False) -> str:
+        """'' when ``config`` is a unit of this sweep, else the fields that differ (one line).
+        ``unfinished``: a schedule-free run stopped short of this sweep's budget is one of its
+        units (resuming it with the larger budget continues it, as deepnet.train allows)."""
+        theirs = self.fields_of(config)
+        if unfinished and config.schedule_free and theirs.get("epochs") != self.fields["epochs"]:
+            if int(theirs["epochs"]) <= int(self.fields["epochs"]):
+                theirs = {**theirs, "epochs": self.fields["epochs"]}
+        return fingerprint_diff(self.fields, theirs) if theirs != self.fields else ""
+
+
+def sweep_identity(preset: Preset, overrides: Mapping[str, Any]) -> SweepIdentity:
+    """The fingerprint of a sweep: that of its units' resolved RunConfig (preset + overrides)
+    minus the per-unit and resume-free fields (THEORY-free bookkeeping, see
+    :func:`deepnet.config.fingerprint_fields`). Every unit of the sweep has this fingerprint."""
+    merged = {**preset.config, **overrides}
+    ident = SweepIdentity("", {}, merged.get("data_seed", 0) == "per_seed",
+                          merged.get("init") == "continuation")  # fmt: skip
+    config = make_run_config(
+        preset, max(preset.depths), preset.seeds[0], overrides, init_from="<shallower run>"
+    )
+    fields = ident.fields_of(config)
+    return replace(ident, fingerprint=fingerprint_of(fields), fields=fields)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,7 +367,8 @@ def run_dir_of(out_dir: Path, depth: int, seed: int) -> Path:
 
 
 def read_row(run_dir: Path) -> dict[str, Any] | None:
-    """The unit's row, or None when it is unfinished (no row, or one that is not a row)."""
+    """The unit's row, or None when it is unfinished: no row, or one that is not a complete row
+    of this folder (corrupt, cut short, missing keys, another folder's): it is redone."""
     path = run_dir / "row.json"
     if not path.exists():
         return None
@@ -297,12 +376,26 @@ def read_row(run_dir: Path) -> dict[str, Any] | None:
         row = json.loads(path.read_text())
     except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return None  # a corrupt row is treated as unfinished and redone
-    if not isinstance(row, dict) or not {"depth", "seed", "status"} <= set(row):
+    if not isinstance(row, dict) or not set(ROW_KEYS) <= set(row):
+        return None
+    if row["status"] not in STATUSES or not isinstance(row["config"], dict):
+        return None
+    if f"L{row['depth']}-s{row['seed']}" != run_dir.name:
+        return None
+    if row["status"] == "ok" and not set(OK_ROW_KEYS) <= set(row):
         return None
     return row
 
 
-def _base_row(preset: Preset, config: RunConfig, data: Dataset) -> dict[str, Any]:
+def _final(row: Mapping[str, Any]) -> bool:
+    """Whether a finished unit stays as it is: ok and diverged rows (deterministic), and failed
+    units whose worker process died MAX_WORKER_DEATHS times; other failures are retried."""
+    if row.get("status") != "failed":
+        return True
+    return int(row.get("worker_deaths") or 0) >= MAX_WORKER_DEATHS
+
+
+def _config_row(preset: Preset, config: RunConfig) -> dict[str, Any]:
     return {
         "preset": preset.name,
         "arch": config.arch,
@@ -321,6 +414,12 @@ def _base_row(preset: Preset, config: RunConfig, data: Dataset) -> dict[str, Any
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "init": config.init,
+    }
+
+
+def _base_row(preset: Preset, config: RunConfig, data: Dataset) -> dict[str, Any]:
+    return {
+        **_config_row(preset, config),
         "n_train": len(data.y_train),
         "num_classes": data.num_classes,
     }
@@ -331,6 +430,26 @@ def _quarantine(path: Path) -> Path:
     target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
     os.replace(path, target)
     return target
+
+
+RUNNING = ".running"  # in a unit's folder while a process trains it: {"pid": …}
+
+
+def _mark_running(run_dir: Path) -> None:
+    write_json(run_dir / RUNNING, {"pid": os.getpid(), "started": time.time()})
+
+
+def _clear_running(run_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        (run_dir / RUNNING).unlink(missing_ok=True)
+
+
+def running_pid(run_dir: Path) -> int | None:
+    """The pid of the process that started training this unit and has not finished it."""
+    try:
+        return int(json.loads((run_dir / RUNNING).read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def run_unit(
@@ -347,19 +466,25 @@ def run_unit(
     """Train and measure one (depth, seed) unit unless it is finished. Returns (row, trained).
 
     A diverging unit is recorded with ``status="diverged"`` (final: it is deterministic); any
-    other failure with ``status="failed"`` and retried the next time the sweep runs. A checkpoint
-    that cannot be read is moved aside and the unit restarts from scratch.
+    other failure, a folder that cannot be written included, with ``status="failed"`` and
+    retried the next time the sweep runs (unless its worker process died MAX_WORKER_DEATHS
+    times). A checkpoint that cannot be read is moved aside and the unit restarts from scratch.
+    A row that cannot be written comes back with ``unsaved=True`` (the driver reports it). The
+    one exception that leaves: :class:`CorruptSourceError` (the chain redoes its source).
     """
     run_dir = run_dir_of(out_dir, depth, seed)
     row = read_row(run_dir)
-    if row is not None and row.get("status") != "failed":
+    if row is not None and _final(row):
         return row, False
     config = make_run_config(
         preset, depth, seed, overrides, None if init_from is None else str(init_from)
     )
     row = _base_row(preset, config, data)
+    row["fingerprint"] = sweep_identity(preset, overrides).fingerprint
     hook = collapse_hook(data)
     try:
+        _mark_running(run_dir)  # how the driver tells which unit a dead worker was running
+        check_threads(config.num_threads)
         try:
             result = trainer(
                 config, data=data, run_dir=run_dir, resume=True, progress=progress, eval_hook=hook
@@ -371,6 +496,9 @@ def run_unit(
             )
         row.update(measure_run(result, data.num_classes, data, run_dir))
         row["status"] = "ok"
+    except CorruptSourceError:
+        _clear_running(run_dir)
+        raise
     except TrainingDivergedError as err:
         row.update(status="diverged", error=str(err))
     except Exception as err:  # isolation: one bad unit must not stop the sweep
@@ -378,8 +506,59 @@ def run_unit(
         row["traceback"] = traceback.format_exc(limit=5)
     row["run_dir"] = str(run_dir.relative_to(out_dir))
     row["config"] = config.to_dict()
-    write_json(run_dir / "row.json", row)  # last: its presence marks the unit finished
+    try:
+        write_json(run_dir / "row.json", row)  # last: its presence marks the unit finished
+    except OSError as err:  # an unwritable folder, a full disk: this unit's error, in memory
+        cause = f"row.json cannot be written ({type(err).__name__}: {err})"
+        row["error"] = f"{row['error']}; {cause}" if row.get("error") else cause
+        row.update(status="failed", unsaved=True)
+    _clear_running(run_dir)
     return row, True
+
+
+def record_worker_death(
+    out: Path, folder: str, cause: str, preset: Preset, overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Record that the worker process training the unit in ``out/folder`` died (``cause``): a
+    failed row, and the count of such deaths in the unit's folder (``worker_deaths.json``), so
+    that a unit that kills its worker (e.g. out of memory) is not retried forever."""
+    run_dir = out / folder
+    base = out / "budget2x" if folder.startswith("budget2x/") else out
+    if base != out:
+        preset = replace(preset, name=preset.name + "-budget2x")
+        overrides = _budget_overrides(preset, overrides)
+    depth, seed = (int(x[1:]) for x in run_dir.name.split("-"))
+    deaths_file = run_dir / "worker_deaths.json"
+    try:
+        deaths = json.loads(deaths_file.read_text())
+        count = int(deaths["count"]) + 1
+        causes = list(deaths["causes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        count, causes = 1, []
+    try:
+        config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        config = make_run_config(preset, depth, seed, overrides)
+    if count >= MAX_WORKER_DEATHS:
+        note = f"it killed its worker {count} times: not retried (delete its row.json to retry)"
+    else:
+        note = "retried once"
+    row = {
+        **_config_row(preset, config),
+        "status": "failed",
+        "error": f"worker process died while training this unit: {cause}; {note}",
+        "worker_deaths": count,
+        "fingerprint": sweep_identity(preset, overrides).fingerprint,
+        "run_dir": str(run_dir.relative_to(base)),
+        "config": config.to_dict(),
+    }
+    try:
+        write_json(deaths_file, {"count": count, "causes": [*causes, cause]})
+        write_json(run_dir / "row.json", row)
+    except OSError as err:
+        row.update(unsaved=True, error=f"{row['error']}; row.json cannot be written ({err})")
+    _clear_running(run_dir)
+    return row
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,13 +580,32 @@ def resolve_preset(
         raise ValueError("a sweep needs at least one depth and one seed")
     if d[0] < 0:
         raise ValueError(f"depths must be ≥ 0 (0 = the no-block baseline), got {list(d)}")
+    if d[-1] > MAX_DEPTH:
+        raise ValueError(
+            f"depths must be ≤ {MAX_DEPTH:,} (a guard against typos: deeper networks do not fit "
+            f"in memory), got {d[-1]:,}"
+        )
     if s[0] < 0:
         raise ValueError(f"seeds must be ≥ 0, got {list(s)}")
     return replace(preset, depths=d, seeds=s)
 
 
-def validate_sweep(preset: Preset, overrides: Mapping[str, Any]) -> None:
-    """Check every unit's settings before anything is written (ValueError, one line)."""
+def preset_from_spec(p: Mapping[str, Any]) -> Preset:
+    """The :class:`Preset` recorded in a sweep.json (``asdict`` of it, lists for tuples)."""
+    return Preset(
+        **{
+            **p,
+            "depths": tuple(p["depths"]),
+            "seeds": tuple(p["seeds"]),
+            "metrics": tuple(p["metrics"]),
+            "verdict_metrics": tuple(p.get("verdict_metrics", Preset.verdict_metrics)),
+        }
+    )
+
+
+def validate_sweep(preset: Preset, overrides: Mapping[str, Any], *, local: bool = True) -> None:
+    """Check every unit's settings before anything is written (ValueError, one line). ``local``:
+    the units run on this machine, so their thread count must fit its cores."""
     unknown = set(overrides) - set(RunConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(
@@ -425,6 +623,8 @@ def validate_sweep(preset: Preset, overrides: Mapping[str, Any]) -> None:
             cfg = make_run_config(preset, depth, seed, overrides, init_from="<shallower run>")
             if cfg.ln_affine:
                 ufm_problem_for(cfg, np.zeros(1, dtype=np.int64), 1)  # raises the clear error
+    if local:
+        check_threads(cfg.num_threads)
 
 
 def load_sweep_data(
@@ -436,9 +636,21 @@ def load_sweep_data(
     return load_run_data(make_run_config(preset, preset.depths[0], s, overrides))
 
 
+def check_sweep_data(preset: Preset, overrides: Mapping[str, Any]) -> Dataset:
+    """Load the first seed's data: an unknown dataset, too many samples per class, an unknown
+    data option or a missing ``data_root`` is one ValueError before the sweep writes anything."""
+    try:
+        return load_sweep_data(preset, overrides)
+    except (ValueError, OSError, KeyError, TypeError) as err:
+        text = str(err) if isinstance(err, ValueError | OSError) else f"{type(err).__name__}: {err}"
+        raise ValueError(f"the sweep's data cannot be loaded: {text}") from None
+
+
 @contextlib.contextmanager
 def sweep_lock(out: Path) -> Iterator[None]:
-    """One sweep per folder: an exclusive lock on OUT/.lock naming the holder's pid."""
+    """One sweep per folder: an exclusive lock on OUT/.lock naming the holder's pid. A sweep
+    refused before it wrote anything leaves no folder it created behind."""
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     path = out / ".lock"
     fh = open(path, "a+")
@@ -456,27 +668,144 @@ def sweep_lock(out: Path) -> Iterator[None]:
         fh.write(str(os.getpid()))
         fh.flush()
         yield
+    except BaseException:
+        if created and {p.name for p in out.iterdir()} == {".lock"}:
+            path.unlink()
+            out.rmdir()
+        raise
     finally:
         fh.close()
 
 
-def _check_same_sweep(out: Path, spec: Mapping[str, Any]) -> None:
-    """Refuse to mix two different sweeps' runs in one folder (depths/seeds may grow)."""
+def _read_spec_identity(out: Path) -> tuple[str, SweepIdentity | None]:
+    """("absent" | "garbage" | "ok", the identity sweep.json records)."""
     path = out / "sweep.json"
     if not path.exists():
-        return
+        return "absent", None
     try:
-        old = json.loads(path.read_text())
-        old_cfg = {**old["preset"]["config"], **old.get("overrides", {})}
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return  # an unreadable spec is rewritten below
-    new_cfg = json.loads(json.dumps({**spec["preset"]["config"], **spec.get("overrides", {})}))
-    if old_cfg != new_cfg:
-        changed = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
+        spec = json.loads(path.read_text())
+        ident = sweep_identity(preset_from_spec(spec["preset"]), dict(spec.get("overrides") or {}))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return "garbage", None  # json.JSONDecodeError is a ValueError
+    return "ok", ident
+
+
+def _disagreement(a: Mapping[str, Any], b: Mapping[str, Any], names: tuple[str, str]) -> str:
+    """The first field two configs differ in (beyond those a resumption may change), in words."""
+    keys = [k for k in sorted(set(a) | set(b)) if k not in RESUME_FREE and a.get(k) != b.get(k)]
+    if not keys:
+        return ""
+    k = keys[0]
+    more = f", and {len(keys) - 1} more field(s)" if len(keys) > 1 else ""
+    return f"{k}: {a.get(k)!r} in {names[0]}, {b.get(k)!r} in {names[1]}{more}"
+
+
+def _read_config(path: Path) -> RunConfig | None:
+    """config.json as a RunConfig; None when absent; ValueError when it is not one."""
+    if not path.exists():
+        return None
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:
+        raise ValueError(f"config.json is not a readable run config ({err})") from None
+
+
+def run_folder_problem(run_dir: Path, identity: SweepIdentity) -> str:
+    """Why the sweep ``identity`` may not add to this run folder ('' when it may).
+
+    A finished row must be of this sweep's settings and agree with the config.json and the
+    checkpoint beside it (what each says the run is); an unfinished folder's config.json and
+    checkpoint must be of this sweep's settings (a schedule-free run may be continued to a
+    larger budget). An unreadable checkpoint is not a problem here: it is moved aside when the
+    unit (or a continuation from it) needs it.
+    """
+    row = read_row(run_dir)
+    try:
+        written = _read_config(run_dir / "config.json")
+    except ValueError as err:
+        if row is not None and row["status"] == "ok":
+            return f"{err}: the folder was edited or damaged; restore it or delete the run folder"
+        written = None  # an unfinished unit rewrites it from its checkpoint's config
+    edited = "the folder was edited; restore it or delete the run folder"
+    if row is not None:
+        try:
+            config = RunConfig.from_dict(dict(row["config"]))
+        except (ValueError, TypeError) as err:
+            return f"row.json holds no run config this version can read ({err})"
+        diff = identity.diff(config)
+        if diff:
+            return f"holds a run made with other settings ({diff})"
+        if row["status"] != "ok":
+            return ""
+        if written is not None:
+            d = _disagreement(written.to_dict(), config.to_dict(), ("config.json", "row.json"))
+            if d:
+                return f"config.json disagrees with row.json ({d}): {edited}"
+        ckpt = run_dir / "checkpoint.pt"
+        if ckpt.exists():
+            try:
+                summary = checkpoint_summary(ckpt)
+                stored = RunConfig.from_dict(dict(summary["config"])).to_dict()
+            except (CorruptCheckpointError, ValueError, TypeError):
+                return ""  # unusable: moved aside and redone if a continuation needs it
+            d = _disagreement(stored, config.to_dict(), ("checkpoint.pt", "row.json"))
+            if d:
+                return f"checkpoint.pt disagrees with row.json ({d}): {edited}"
+            held = depth_of_state(summary["shapes"])
+            if held != config.depth:
+                return f"checkpoint.pt holds {held} blocks, row.json says depth {config.depth}"
+        return ""
+    configs = [] if written is None else [("config.json", written)]
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        with contextlib.suppress(CorruptCheckpointError, ValueError, TypeError):
+            configs.append(
+                ("checkpoint.pt", RunConfig.from_dict(checkpoint_summary(ckpt)["config"]))
+            )
+    for name, config in configs:
+        diff = identity.diff(config, unfinished=True)
+        if diff:
+            return f"{name} is of a run made with other settings ({diff})"
+    return ""
+
+
+def folder_problems(
+    out: Path, identity: SweepIdentity, budget: SweepIdentity | None = None
+) -> list[str]:
+    """Every run folder under OUT (and OUT/budget2x, against ``budget``) that the sweep may not
+    add to, as 'runs/L2-s0: why' (see :func:`run_folder_problem`)."""
+    problems = []
+    for base, ident in ((out, identity), (out / "budget2x", budget)):
+        if ident is None:
+            continue
+        for run_dir in sorted((base / "runs").glob("L*-s*")):
+            if run_dir.is_dir():
+                why = run_folder_problem(run_dir, ident)
+                if why:
+                    problems.append(f"{run_dir.relative_to(out)}: {why}")
+    return problems
+
+
+def check_folder(out: Path, identity: SweepIdentity, budget: SweepIdentity | None) -> str:
+    """Refuse (ValueError, one line) to add to a folder holding runs of other settings, whether
+    or not its sweep.json is present and readable. Returns what sweep.json held: "absent",
+    "ok" or "garbage" (unreadable, and the run folders agree: it may be written anew)."""
+    state, old = _read_spec_identity(out)
+    if old is not None and old.fingerprint != identity.fingerprint:
         raise ValueError(
-            f"{out} holds a sweep with different run settings (changed: {changed}); "
-            "use another --out folder or delete the old one"
+            f"{out} holds a sweep with different run settings "
+            f"({fingerprint_diff(identity.fields, old.fields)}); use another --out folder or "
+            "delete the old one"
         )
+    problems = folder_problems(out, identity, budget)
+    if problems:
+        more = f" (and {len(problems) - 1} more run folder(s))" if len(problems) > 1 else ""
+        why = "sweep.json is unreadable and " if state == "garbage" else ""
+        raise ValueError(
+            f"{out}: {why}{problems[0]}{more}; this sweep does not mix runs of other settings "
+            "into one folder: use another --out folder or delete those runs"
+        )
+    return state
 
 
 def run_sweep(
@@ -518,6 +847,10 @@ def run_sweep(
         batch_seeds: train the fresh units of one depth, all seeds at once, as one batched
             model (torch.func; first-order optimizers only). None = on when a GPU is present
             and the optimizer allows it. Runs in this process, depth after depth.
+
+    Everything that can be checked before training is checked before anything is written (the
+    settings, the data, the backend, the folder's runs): a refused sweep leaves the folder as
+    it found it (README, "Reliability").
     """
     from tqdm.auto import tqdm
 
@@ -526,69 +859,111 @@ def run_sweep(
 
     preset = resolve_preset(preset, depths, seeds)
     overrides = dict(overrides or {})
-    validate_sweep(preset, overrides)
+    validate_sweep(preset, overrides, local=backend != "ray")
+    identity = sweep_identity(preset, overrides)
+    budget_identity = sweep_identity(
+        replace(preset, name=preset.name + "-budget2x"), _budget_overrides(preset, overrides)
+    )
     batched = _want_batched(preset, overrides, batch_seeds)
     executor = make_executor(backend, 1 if batched else workers, address, gpus_per_unit)
-    do_budget = preset.budget_check if budget_check is None else budget_check
-    out = Path(out_dir) if out_dir is not None else Path("results") / preset.name
-    spec = {"preset": asdict(preset), "overrides": overrides}
-    with sweep_lock(out):
-        _check_same_sweep(out, spec)
-        write_json(out / "sweep.json", spec)
-        if _continuation(preset, overrides):
-            jobs = [Job("chain", s, preset.depths) for s in preset.seeds]
-        else:  # independent units, deepest first so that the slowest start early
-            jobs = [
-                Job("chain", s, (d,))
-                for d in sorted(preset.depths, reverse=True)
-                for s in preset.seeds
-            ]
-        first_seed = preset.seeds[0]
-        waiting = {j for j in jobs if j.seed == first_seed}
-        budget_jobs = [Job("budget", first_seed, (d,)) for d in budget_depths(preset)]
-        n_units = len(preset.depths) * len(preset.seeds) + (len(budget_jobs) if do_budget else 0)
-        bar = tqdm(total=n_units, desc=f"sweep {preset.name}", unit="run", disable=not progress)
-        trained = 0
-        state = {"finished": -1}
-
-        def poll() -> None:
-            """Progress and results.csv from the run folders (cheap: reads row.json files)."""
-            finished = sum(
-                read_row(run_dir_of(out, d, s)) is not None
-                for s in preset.seeds
-                for d in preset.depths
-            )
-            if do_budget:
-                finished += sum(
-                    read_row(run_dir_of(out / "budget2x", d, first_seed)) is not None
-                    for d in budget_depths(preset)
+    try:
+        preloaded = None if data is not None else executor.check_data(preset, overrides)
+        if not executor.serial:
+            preloaded = None  # workers load their own; the driver need not hold it meanwhile
+        do_budget = preset.budget_check if budget_check is None else budget_check
+        out = Path(out_dir) if out_dir is not None else Path("results") / preset.name
+        spec = {
+            "preset": asdict(preset),
+            "overrides": overrides,
+            "fingerprint": identity.fingerprint,
+        }
+        with sweep_lock(out):
+            if check_folder(out, identity, budget_identity) == "garbage":
+                kept = _quarantine(out / "sweep.json")
+                log.warning(
+                    "notice: %s was unreadable (kept as %s); its run folders agree with this "
+                    "sweep, so it is written anew",
+                    out / "sweep.json",
+                    kept.name,
                 )
-            if finished != state["finished"]:
-                state["finished"] = finished
-                bar.n = finished
-                bar.refresh()
-                report(out, preset=preset, tables_only=True)
-
-        def on_done(job: Job, result: list[tuple[int, int, bool]]) -> list[Job]:
-            nonlocal trained
-            if job.kind == "chain":
-                trained += sum(did for _, _, did in result)
-            waiting.discard(job)
-            if do_budget and job.kind == "chain" and job.seed == first_seed and not waiting:
-                return budget_jobs  # the 1x runs they extend are finished
-            return []
-
-        ctx = Context(preset, overrides, out, data, trainer, progress and executor.serial)
-        if batched:
-            trained += _run_batched(
-                preset, out, DataCache(preset, overrides, data), overrides, poll
+            write_json(out / "sweep.json", spec)
+            if _continuation(preset, overrides):
+                jobs = [Job("chain", s, preset.depths) for s in preset.seeds]
+            else:  # independent units, deepest first so that the slowest start early
+                jobs = [
+                    Job("chain", s, (d,))
+                    for d in sorted(preset.depths, reverse=True)
+                    for s in preset.seeds
+                ]
+            first_seed = preset.seeds[0]
+            waiting = {j for j in jobs if j.seed == first_seed}
+            budget_jobs = [Job("budget", first_seed, (d,)) for d in budget_depths(preset)]
+            n_units = len(preset.depths) * len(preset.seeds) + (
+                len(budget_jobs) if do_budget else 0
             )
-            jobs = budget_jobs if do_budget else []  # every unit is done
-        executor.run(jobs, ctx, on_done, poll)
-        poll()
-        bar.close()
-        checks = budget_summary(preset, out, overrides) if do_budget else []
-        result = report(out, preset=preset, budget_checks=checks)
+            bar = tqdm(total=n_units, desc=f"sweep {preset.name}", unit="run", disable=not progress)
+            trained = 0
+            state = {"finished": -1}
+            unsaved: dict[str, dict[str, Any]] = {}  # rows whose folder could not be written
+
+            def keep_unsaved(rows: Iterable[dict[str, Any]]) -> None:
+                for row in rows:
+                    unsaved[row["run_dir"]] = row
+
+            def poll() -> None:
+                """Progress and results.csv from the run folders (cheap: reads row.json files)."""
+                keep_unsaved(executor.take_lost_rows())
+                finished = sum(
+                    read_row(run_dir_of(out, d, s)) is not None
+                    for s in preset.seeds
+                    for d in preset.depths
+                )
+                if do_budget:
+                    finished += sum(
+                        read_row(run_dir_of(out / "budget2x", d, first_seed)) is not None
+                        for d in budget_depths(preset)
+                    )
+                finished += len(unsaved)
+                if finished != state["finished"]:
+                    state["finished"] = finished
+                    bar.n = finished
+                    bar.refresh()
+                    report(
+                        out, preset=preset, tables_only=True, identity=identity,
+                        extra_rows=list(unsaved.values()),
+                    )  # fmt: skip
+
+            def on_done(job: Job, result: list[tuple[int, int, bool, dict | None]]) -> list[Job]:
+                nonlocal trained
+                if job.kind == "chain":
+                    trained += sum(did for _, _, did, _ in result)
+                    keep_unsaved(row for *_, row in result if row is not None)
+                waiting.discard(job)
+                if do_budget and job.kind == "chain" and job.seed == first_seed and not waiting:
+                    return budget_jobs  # the 1x runs they extend are finished
+                return []
+
+            ctx = Context(preset, overrides, out, data, trainer, progress and executor.serial)
+            if executor.serial and preloaded is not None:
+                ctx.preloaded = preloaded  # in this process only: never pickled to a worker
+            if batched:
+                lost: list[dict[str, Any]] = []
+                trained += _run_batched(
+                    preset, out, DataCache(preset, overrides, data, preloaded), overrides, poll,
+                    lost,
+                )  # fmt: skip
+                keep_unsaved(lost)
+                jobs = budget_jobs if do_budget else []  # every unit is done
+            executor.run(jobs, ctx, on_done, poll)
+            poll()
+            bar.close()
+            checks = budget_summary(preset, out, overrides) if do_budget else []
+            result = report(
+                out, preset=preset, budget_checks=checks, identity=identity,
+                extra_rows=list(unsaved.values()),
+            )  # fmt: skip
+    finally:
+        executor.close()
     result.trained = trained
     return result
 
@@ -620,9 +995,29 @@ def _run_batched(
     datasets: DataCache,
     overrides: Mapping[str, Any],
     after: Callable[[], None],
+    unsaved: list[dict[str, Any]] | None = None,
 ) -> int:
     """Depth after depth, train every seed's fresh unit at once (deepnet.batched) and measure
-    each like any unit; units with a checkpoint (interrupted) resume one by one."""
+    each like any unit; units with a checkpoint (interrupted) resume one by one. Rows that could
+    not be written are appended to ``unsaved``. A finished source whose checkpoint is unreadable
+    is moved aside and redone, as in :func:`run_chain`."""
+    trained = 0
+    for _ in range(len(preset.depths) + 1):
+        try:
+            return trained + _batched_pass(preset, out, datasets, overrides, after, unsaved)
+        except CorruptSourceError as err:
+            discard_source(err, out)
+    raise ValueError(f"{out}: the runs keep losing their checkpoints; check the disk")
+
+
+def _batched_pass(
+    preset: Preset,
+    out: Path,
+    datasets: DataCache,
+    overrides: Mapping[str, Any],
+    after: Callable[[], None],
+    unsaved: list[dict[str, Any]] | None,
+) -> int:
     from deepnet.batched import train_batched
 
     chain = _continuation(preset, overrides)
@@ -633,7 +1028,7 @@ def _run_batched(
         for seed in preset.seeds:
             folder = run_dir_of(out, depth, seed)
             row = read_row(folder)
-            if row is None or row.get("status") == "failed":
+            if row is None or not _final(row):
                 if not (folder / "checkpoint.pt").exists():
                     fresh.append(seed)
                     init = source[seed] if chain else None
@@ -662,6 +1057,8 @@ def _run_batched(
                 preset, depth, seed, out, datasets.get(seed), overrides, False, trainer, init
             )
             trained += int(did)
+            if row.get("unsaved") and unsaved is not None:
+                unsaved.append(row)
             if row.get("status") == "ok" and depth > 0:  # see run_chain: depth 0 is no source
                 source[seed] = f"../{Path(row['run_dir']).name}"
             after()
@@ -669,16 +1066,28 @@ def _run_batched(
 
 
 class DataCache:
-    """Datasets by subset seed, each loaded once."""
+    """Datasets by subset seed, each loaded once (``preloaded``: one already loaded, e.g. by
+    the sweep's data check, for the first seed's subset)."""
 
-    def __init__(self, preset: Preset, overrides: Mapping[str, Any], data: Dataset | None):
+    def __init__(
+        self,
+        preset: Preset,
+        overrides: Mapping[str, Any],
+        data: Dataset | None,
+        preloaded: Dataset | None = None,
+    ):
         self.preset, self.overrides, self.given = preset, overrides, data
         self.cache: dict[int, Dataset] = {}
+        if preloaded is not None:
+            self.cache[self._key(preset.seeds[0])] = preloaded
+
+    def _key(self, seed: int) -> int:
+        return make_run_config(self.preset, self.preset.depths[0], seed, self.overrides).subset_seed
 
     def get(self, seed: int) -> Dataset:
         if self.given is not None:
             return self.given
-        key = make_run_config(self.preset, self.preset.depths[0], seed, self.overrides).subset_seed
+        key = self._key(seed)
         if key not in self.cache:
             self.cache[key] = load_sweep_data(self.preset, self.overrides, seed)
         return self.cache[key]
@@ -686,6 +1095,20 @@ class DataCache:
 
 def _continuation(preset: Preset, overrides: Mapping[str, Any]) -> bool:
     return {**preset.config, **overrides}.get("init") == "continuation"
+
+
+def discard_source(err: CorruptSourceError, out: Path) -> None:
+    """A finished run that a continuation needs has a missing or unreadable checkpoint: move
+    its checkpoint and row aside (kept, renamed), so that the chain redoes it from the last good
+    run before it. Only runs of this sweep folder are touched."""
+    source = err.source.resolve()
+    runs = (out / "runs").resolve()
+    if source.parent != runs or not (source / "row.json").exists():
+        raise ValueError(str(err)) from None
+    for name in ("checkpoint.pt", "row.json"):
+        if (source / name).exists():
+            _quarantine(source / name)
+    log.warning("notice: %s; moved aside, that run is trained again", err)
 
 
 def run_chain(
@@ -696,9 +1119,33 @@ def run_chain(
     overrides: Mapping[str, Any],
     progress: bool,
     trainer: Callable[..., RunResult],
-) -> Iterator[tuple[int, bool]]:
+) -> Iterator[tuple[int, bool, dict[str, Any] | None]]:
     """Run the depths of one seed in increasing order; with continuation each starts from the
-    deepest finished shallower unit of the chain. Yields (depth, trained) per unit."""
+    deepest finished shallower unit of the chain. Yields (depth, trained, the row when it could
+    not be written) per unit.
+
+    When the finished run a unit would continue from has lost its checkpoint (missing or
+    unreadable), that run is moved aside and the chain starts over: finished units are skipped,
+    the damaged one is trained again from the last good run before it, and the chain goes on.
+    """
+    for _ in range(len(preset.depths) + 1):
+        try:
+            yield from _chain_pass(preset, seed, out, data, overrides, progress, trainer)
+            return
+        except CorruptSourceError as err:
+            discard_source(err, out)
+    raise ValueError(f"{out}: the runs of seed {seed} keep losing their checkpoints")
+
+
+def _chain_pass(
+    preset: Preset,
+    seed: int,
+    out: Path,
+    data: Dataset,
+    overrides: Mapping[str, Any],
+    progress: bool,
+    trainer: Callable[..., RunResult],
+) -> Iterator[tuple[int, bool, dict[str, Any] | None]]:
     chain = _continuation(preset, overrides)
     source: str | None = None
     for depth in preset.depths:
@@ -715,7 +1162,7 @@ def run_chain(
             # (its second block cancels the residual stream, THEORY §9). The shallowest depth
             # with blocks starts afresh.
             source = f"../{Path(row['run_dir']).name}"
-        yield depth, did
+        yield depth, did, row if row.get("unsaved") else None
 
 
 def budget_depths(preset: Preset) -> list[int]:
