@@ -641,13 +641,17 @@ def stationarity(
 
 def _continue_from(config: RunConfig, model: CollapseNet, run_path: Path | None) -> None:
     """Start ``model`` (depth L) from the finished shallower run in ``config.init_from`` (a
-    relative path is relative to this run's folder): its embedding, blocks and classifier are
-    copied, blocks L'..L−1 start near the identity."""
+    relative path is relative to this run's folder, or, when no run is there, to the working
+    directory): its embedding, blocks and classifier are copied, blocks L'..L−1 start near the
+    identity."""
     import json
 
     src = Path(config.init_from) if config.init_from else None
     if src is not None and not src.is_absolute() and run_path is not None:
-        src = Path(os.path.normpath(run_path / src))  # lexical: run_path need not exist yet
+        near = Path(os.path.normpath(run_path / src))  # lexical: run_path need not exist yet
+        # relative to this run's folder (how sweeps record it), else to the working directory
+        src = near if (near / "metrics.json").exists() or not (src / "metrics.json").exists() \
+            else src
     if src is None or not (src / "metrics.json").exists() or not (src / "checkpoint.pt").exists():
         raise ValueError(
             "init='continuation' needs a finished shallower run in init_from (a run folder with "

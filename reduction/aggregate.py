@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from deepnet.io import atomic_write, json_default, write_json
+from deepcollapse.files import atomic_write, json_default, write_json
 from reduction.plots import plot_depth
 from reduction.presets import Preset
 from reduction.rates import preset_verdict, rate_table, summarize_by_depth
@@ -35,7 +35,7 @@ SEED_TOL = 1e-2
 
 def read_rows(out: Path) -> list[dict[str, Any]]:
     """Every finished unit's row under OUT/runs, one per (depth, seed), sorted."""
-    from reduction.sweep import read_row
+    from reduction.results import read_row
 
     rows = [r for r in (read_row(d) for d in sorted((Path(out) / "runs").glob("L*-s*"))) if r]
     return sorted(rows, key=lambda r: (r["depth"], r["seed"]))
@@ -175,7 +175,7 @@ def report(
     (mean ± std per depth over the runs that finished), the rates (converged runs at depths > 0
     only, t-intervals over seeds, fit quality), the verdict against the preset's expectation,
     the monotone certificate, summary.json and the figure (PNG and PDF)."""
-    from reduction.sweep import SweepResult
+    from reduction.results import SweepResult
 
     out = Path(out_dir)
     if preset is None:
@@ -393,8 +393,9 @@ def load_results(out_dir: str | os.PathLike[str], table: str = "results") -> Any
     """A sweep's table as a pandas DataFrame: ``"results"`` (one row per run), ``"summary"``
     (long form: depth, metric, statistic, value; ``.pivot_table(index="depth",
     columns=["metric", "statistic"], values="value")`` gives the wide view) or ``"rates"``."""
-    import pandas as pd
+    from deepcollapse.output import require
 
+    pd = require("pandas", "train", "load_results")
     names = {"results": "results.csv", "summary": "summary.csv", "rates": "rates.csv"}
     if table not in names:
         raise ValueError(f"table must be one of {sorted(names)}, got {table!r}")

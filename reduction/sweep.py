@@ -27,7 +27,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from deepnet.io import write_json
 from reduction.distance import distance_to_optimum, group_distance
 from reduction.metrics import collapse_metrics
 from reduction.presets import Preset, get_preset
+from reduction.results import SweepResult, read_row  # torch-free (report reads them)
 
 #: the 2×-budget rerun passes when J moves by at most this fraction (of J_2x) and the rerun
 #: is itself converged by its own criteria (THEORY §9)
@@ -55,22 +56,6 @@ BUDGET_TOL = 0.01
 
 #: RunConfig fields a sweep sets per unit (not allowed as overrides)
 _UNIT_FIELDS = ("depth", "seed", "init_from")
-
-
-@dataclass
-class SweepResult:
-    """What a sweep produced: one row per run, the per-depth summary, the rates and the files."""
-
-    out_dir: Path
-    preset: Preset
-    rows: list[dict[str, Any]]
-    summary: list[dict[str, Any]]
-    rates: list[dict[str, Any]]
-    budget_checks: list[dict[str, Any]] = field(default_factory=list)
-    monotone: dict[str, Any] = field(default_factory=dict)
-    verdict: dict[str, Any] = field(default_factory=dict)
-    paths: dict[str, Path] = field(default_factory=dict)
-    trained: int = 0  # units trained (not skipped) in this call
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,20 +266,6 @@ def collapse_hook(data: Dataset) -> Callable[..., dict[str, float]]:
 
 def run_dir_of(out_dir: Path, depth: int, seed: int) -> Path:
     return out_dir / "runs" / f"L{depth}-s{seed}"
-
-
-def read_row(run_dir: Path) -> dict[str, Any] | None:
-    """The unit's row, or None when it is unfinished (no row, or one that is not a row)."""
-    path = run_dir / "row.json"
-    if not path.exists():
-        return None
-    try:
-        row = json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
-        return None  # a corrupt row is treated as unfinished and redone
-    if not isinstance(row, dict) or not {"depth", "seed", "status"} <= set(row):
-        return None
-    return row
 
 
 def _base_row(preset: Preset, config: RunConfig, data: Dataset) -> dict[str, Any]:
