@@ -8,9 +8,15 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+
+from deepcollapse.output import missing_extra
+
+try:
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+except ImportError:  # the [plots] extra is not installed: one line naming it
+    raise missing_extra("matplotlib", "plots", "reduction's figures") from None
 
 from .rates import (
     Rows,
