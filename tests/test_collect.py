@@ -371,3 +371,38 @@ def test_cuda_matches_cpu():
         assert_row_matches(a, b, MOMENT_KEYS + W_KEYS, rtol=1e-8)
     with pytest.raises(ValueError, match="move the model"):
         collect(model, batches(x, y, 16), ["flat"], device="cpu", num_classes=3)
+
+
+def test_distance_to_optimum_of_a_model_in_one_call_equals_the_array_call():
+    from reduction import distance_to_optimum
+
+    torch.manual_seed(7)
+    model = TinyTransformer().double()
+    N, K = 45, 3
+    y = torch.arange(N) % K
+    tokens = torch.randint(0, 11, (N, 5))
+    tokens[:, 0] = y
+    loader = [(tokens[i : i + 10], y[i : i + 10]) for i in range(0, N, 10)]
+    got = distance_to_optimum(model=model, loader=loader, classifier="head", lam=5e-3)
+    model.eval()
+    with torch.no_grad():
+        feat = model.norm(model.encoder(model.embed(tokens) + model.pos))[:, 0]
+    W, b = model.head.weight.detach(), model.head.bias.detach()
+    want = distance_to_optimum(feat, y, W, b, lam=5e-3)
+    assert got.keys() == want.keys()
+    for k in ("optimum_value", "gap", "nc2_ufm", "nc3_ufm", "procrustes_W"):
+        assert got[k] == pytest.approx(want[k], rel=1e-10), k
+    assert got["problem"]["bias"] == "free"  # the head has a bias: the UFM's bias is free
+    # the same through a named layer: the pooled output of "norm" (token 0) is what head reads
+    via_layer = distance_to_optimum(model=model, loader=loader, classifier="head", layer="norm",
+                                    pool="cls", lam=5e-3)
+    assert via_layer["gap"] == pytest.approx(want["gap"], rel=1e-10)
+    # the printed report leads with the headline numbers and says what λ is
+    text = str(got)
+    assert text.index("gap") < text.index("nc2_ufm") < text.index("w_norm_ratio")
+    assert "weight_decay" in text and "procrustes_W" not in text
+    assert "procrustes_W" in got.table()
+    with pytest.raises(ValueError, match="not both"):
+        distance_to_optimum(feat, y, W, model=model, loader=loader, classifier="head", lam=5e-3)
+    with pytest.raises(ValueError, match="needs loader= and classifier="):
+        distance_to_optimum(model=model, lam=5e-3)
