@@ -45,18 +45,8 @@ def cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.C
 
 
 @pytest.fixture(scope="module")
-def tiny_sweep(tmp_path_factory):
-    import torch
-
-    from deepnet.data import load_dataset
-    from reduction.sweep import run_sweep
-    from tests.test_sweep import TINY
-
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("sweep")
-    data = load_dataset("digits", n_per_class=8, test_per_class=5, seed=0)
-    run_sweep(TINY, out, progress=False, data=data, workers=1)
-    return out
+def tiny_sweep(tiny_sweep_dir):
+    return tiny_sweep_dir
 
 
 # ------------------------------------------------------------------------------ flags, help
@@ -129,7 +119,7 @@ def test_jsonable_is_strict():
                         "c": np.arange(2.0), "d": Path("x"), "e": {"f": -float("inf")}}))
     assert doc == {"schema_version": SCHEMA_VERSION, "a": None, "b": [None, 3], "c": [0.0, 1.0],
                    "d": "x", "e": {"f": None}}
-    assert list(doc)[0] == "schema_version"
+    assert next(iter(doc)) == "schema_version"
     assert jsonable((1, 2.5)) == [1, 2.5]
 
 
@@ -295,7 +285,7 @@ def test_ctrl_c_prints_one_line_on_how_to_resume_and_exits_130(tmp_path):
     while time.time() < deadline and not list(tmp_path.glob("runs/*/checkpoint.pt")):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert proc.returncode == 130, err
     assert len(lines) == 1 and lines[0].startswith("interrupted: rerun the same command"), err
