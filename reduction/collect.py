@@ -55,6 +55,11 @@ _CHANNELS_FIRST = (
 )  # fmt: skip
 _CHANNELS_LAST = (nn.Linear, nn.Bilinear, nn.LayerNorm, nn.Embedding,
                   getattr(nn, "RMSNorm", nn.LayerNorm))  # RMSNorm: torch ≥ 2.4
+#: modules that act entry by entry: they keep the layout of their input
+_ELEMENTWISE = (nn.modules.activation.ReLU, nn.modules.activation.GELU,
+                nn.modules.activation.SiLU, nn.modules.activation.Tanh,
+                nn.modules.activation.Sigmoid, nn.modules.activation.LeakyReLU,
+                nn.modules.activation.ELU, nn.modules.dropout._DropoutNd, nn.Identity)
 _TRANSFORMER = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder,
                 nn.TransformerDecoder, nn.Transformer, nn.MultiheadAttention)
 _X_KEYS = ("x", "input", "inputs")
@@ -119,7 +124,9 @@ def _run(model: nn.Module, x: Any) -> None:
 
 def module_layout(module: nn.Module) -> Layout | None:
     """The layout of ``module``'s output from its type (None: unknown). A module may declare its
-    own with an attribute ``collapse_layout`` (deepnet's LayerNorm and transformer blocks do)."""
+    own with an attribute ``collapse_layout`` (deepnet's LayerNorm and transformer blocks do); an
+    ``nn.Sequential`` has the layout of its last layer that is not elementwise (an activation,
+    dropout)."""
     declared = getattr(module, "collapse_layout", None)
     if declared is not None:
         return declared
@@ -129,6 +136,12 @@ def module_layout(module: nn.Module) -> Layout | None:
         return "channels_last" if _batch_first(module) else "sequence_first"
     if isinstance(module, _CHANNELS_LAST):
         return "channels_last"
+    if isinstance(module, nn.Sequential):
+        # the output is its last layer's, through any elementwise modules after it
+        for child in reversed(list(module)):
+            layout = module_layout(child)
+            if layout is not None or not isinstance(child, _ELEMENTWISE):
+                return layout
     return None
 
 

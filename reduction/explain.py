@@ -37,6 +37,13 @@ LAMBDA_NOTE = (
 )
 
 
+_STATUS = {
+    "closed_form": "closed form: the global optimum",
+    "certified": "numerical, certified global by the dual bound",
+    "not_certified": "numerical, the best found: NOT certified global",
+}
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -59,8 +66,8 @@ def format_report(result: Mapping[str, Any], *, all: bool = False, title: str | 
         lines.append(
             f"UFM: LayerNorm sphere of radius {_fmt(result.get('radius'))}"
             f"{', centred' if result.get('centered') else ''}; UFM* = "
-            f"{_fmt(result.get('optimum_value'))} ({result.get('optimum_geometry')}, "
-            f"{result.get('optimum_method')}, {result.get('optimum_status', 'unknown')})"
+            f"{_fmt(result.get('optimum_value'))} ({result.get('optimum_geometry')}; "
+            f"{_STATUS.get(str(result.get('optimum_status')), result.get('optimum_method'))})"
         )
     head = [(k, b, m) for k, b, m in HEADLINE if k in result and k != "optimum_value"]
     shown = {k for k, _, _ in head} | {"optimum_value", "problem"} | set(skip)

@@ -406,3 +406,16 @@ def test_distance_to_optimum_of_a_model_in_one_call_equals_the_array_call():
         distance_to_optimum(feat, y, W, model=model, loader=loader, classifier="head", lam=5e-3)
     with pytest.raises(ValueError, match="needs loader= and classifier="):
         distance_to_optimum(model=model, lam=5e-3)
+
+
+def test_a_sequential_has_the_layout_of_its_last_layer_through_elementwise_modules():
+    from reduction.collect import module_layout
+
+    assert module_layout(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2))) == (
+        "channels_first")
+    assert module_layout(nn.Sequential(nn.Conv1d(1, 2, 3), nn.GELU(), nn.Dropout())) == (
+        "channels_first")
+    assert module_layout(nn.Sequential(nn.Linear(2, 2), nn.ReLU())) == "channels_last"
+    # a layer that changes the layout (Flatten) or one unknown: no layout, no guess
+    assert module_layout(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())) is None
+    assert module_layout(nn.ReLU()) is None
