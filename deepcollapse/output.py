@@ -24,6 +24,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -233,6 +234,12 @@ def run_command(
             return code
         print(code, file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as 128 + SIGPIPE
+        try:
+            sys.stdout = open(os.devnull, "w")  # nothing more must reach the closed pipe
+        except OSError:
+            pass
+        return 141
     except KeyboardInterrupt:
         text = interrupted() if callable(interrupted) else interrupted
         if progress_enabled():

@@ -9,6 +9,8 @@ scipy.stats, the sweep all of them.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -61,6 +63,20 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f"reduction.{module}"), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
+
+
+class _Package(types.ModuleType):
+    """The import system binds a submodule as an attribute of its package when it is first
+    imported; ``reduction.collect`` is the function (as when this package imported it eagerly),
+    so a submodule of the same name as a public function binds the function instead."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _NAMES.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:

@@ -100,3 +100,12 @@ def test_deepnet_never_imports_reduction() -> None:
     for path in (ROOT / "deepnet").rglob("*.py"):
         text = path.read_text()
         assert "import reduction" not in text and "from reduction" not in text, path
+
+
+def test_reduction_collect_is_the_function_whatever_is_imported_first() -> None:
+    """reduction.collect is a function and a submodule's name: lazily, the function must win
+    whichever import runs first."""
+    code = ("import reduction.collect; from reduction import classifier_features, collect; "
+            "import reduction; assert callable(collect) and reduction.collect is collect; "
+            "from reduction.collect import module_layout")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
