@@ -50,9 +50,15 @@ def _plain_log_ticks(ax: Any, axis: str = "y") -> None:
     """Plain numbers at a few ticks of a log axis (0.01, 0.1, 1, or 1, 2, 5 within a decade),
     and no labels on the minor ticks (matplotlib labels them when the range is short)."""
     lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
-    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 1.0
-    subs = (1.0,) if decades >= 1.5 else (1.0, 2.0, 5.0) if decades >= 0.5 else (
-        1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    subs: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    if lo > 0 and hi > lo:
+        for candidate in ((1.0,), (1.0, 2.0, 5.0)):  # the fewest ticks that give two labels
+            first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+            inside = [m * 10.0**e for e in range(first, last + 1) for m in candidate
+                      if lo <= m * 10.0**e <= hi]
+            if len(inside) >= 2:
+                subs = candidate
+                break
     target = ax.yaxis if axis == "y" else ax.xaxis
     target.set_major_locator(LogLocator(base=10.0, subs=subs, numticks=12))
     target.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))

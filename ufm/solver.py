@@ -288,12 +288,18 @@ def solve_numerical(
     if sol.status == "not_certified":
         info = sol.info
         rank = info.get("relaxation_rank")
-        why = (f"the relaxation's optimum has rank {rank} > {problem.d_eff}, what width "
-               f"{problem.width} allows, so the relaxation is not tight"
-               if rank is not None and rank > problem.d_eff else "the dual bound is not tight")
+        lower = info.get("lower_bound")
+        if lower is None:
+            why = "no finite lower bound could be formed (values at the edge of float64)"
+        elif rank is not None and rank > problem.d_eff:
+            why = (f"the relaxation's optimum has rank {rank} > {problem.d_eff}, what width "
+                   f"{problem.width} allows, so the relaxation is not tight")
+        else:
+            why = "the dual bound is not tight"
+        bound = "" if lower is None else f", lower bound {lower:.10g}"
         warnings.warn(
             f"ufm.solve: global optimality is not certified ({_describe(problem)}): value "
-            f"{sol.value:.10g}, lower bound {info['lower_bound']:.10g}; {why}. Best of "
+            f"{sol.value:.10g}{bound}; {why}. Best of "
             f"{len(info['start_values'])} starts, reached by {info['best_hits']}; "
             "Solution.status says so.", UncertifiedOptimumWarning, stacklevel=3)
     return sol
@@ -546,7 +552,9 @@ def _solve_numerical(
         "variables": "features" if problem.loss == "mse" else "W,b,features",
         "scales": {"value": ref, "W": wscale, "b": bscale, "rebalance": t_bal},
     }
-    status, lower = "unknown", None
+    status, lower = ("not_certified" if certify else "unknown"), None
+    if certify and cert is None:
+        info.update(lower_bound=None, relaxation_rank=None, certificate_rel_gap=None)
     if cert is not None:
         certified, lower, rank = cert
         status = "certified" if certified else "not_certified"
