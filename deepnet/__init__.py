@@ -13,15 +13,19 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-from .config import RunConfig, RunResult
-from .convergence import escape_probe, stationarity
-from .io import CorruptCheckpointError, atomic_write, load_result
-from .layers import Classifier, CollapseNet, LayerNorm
-from .models import ARCHS, Arch, build_model, register_arch
-from .objective import evaluate, gradient_norms
-from .resnet import ResNet, ResNetConfig
-from .train import TrainingDivergedError, load_run_data, train
-from .transformer import Transformer, TransformerConfig
+from deepcollapse.output import require as _require
+
+_require("torch", "torch", "deepnet (the deep networks and their training)")
+
+from .config import RunConfig, RunResult  # noqa: E402
+from .convergence import escape_probe, stationarity  # noqa: E402
+from .io import CorruptCheckpointError, atomic_write, load_result  # noqa: E402
+from .layers import Classifier, CollapseNet, LayerNorm  # noqa: E402
+from .models import ARCHS, Arch, build_model, register_arch  # noqa: E402
+from .objective import evaluate, gradient_norms  # noqa: E402
+from .resnet import ResNet, ResNetConfig  # noqa: E402
+from .train import TrainingDivergedError, load_run_data, train  # noqa: E402
+from .transformer import Transformer, TransformerConfig  # noqa: E402
 
 __all__ = [
     "ARCHS",

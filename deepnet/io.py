@@ -13,56 +13,17 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+# atomic writes and JSON of numpy values live in the torch-free deepcollapse.files (the report
+# path reads and writes sweep folders without torch); re-exported here
+from deepcollapse.files import atomic_write, json_default, write_json  # noqa: F401
+
 from .config import RunConfig, RunResult
-
-
-@functools.cache
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write a temporary file in the same folder, then os.replace: never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _file_mode())
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def json_default(obj: Any) -> Any:
-    """JSON for numpy scalars/arrays and paths (everything else is an error)."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, default=json_default, allow_nan=True)
-    atomic_write(path, lambda fh: fh.write(text), mode="w")
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

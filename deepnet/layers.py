@@ -28,6 +28,9 @@ NORMS = ("post", "pre")
 class LayerNorm(nn.Module):
     """LayerNorm over the last dimension; no affine parameters unless ``affine=True``."""
 
+    #: features in the last dimension: (N, d) or (N, T, d) (read by reduction.collect's pooling)
+    collapse_layout = "channels_last"
+
     def __init__(self, width: int, affine: bool = False, eps: float = LN_EPS) -> None:
         super().__init__()
         self.width = width

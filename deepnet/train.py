@@ -145,6 +145,7 @@ def train(
     (a checkpoint is written) and returns the partial result with ``completed=False``; calling
     again resumes. ``eval_hook`` adds entries to the history at every evaluation point.
     """
+    check_threads(config.num_threads)
     with _threads(config.num_threads):
         run = _Run.setup(config, data, run_dir, resume, eval_hook)
         stop_at = config.epochs
@@ -698,8 +699,9 @@ def make_result(
 
 def _continue_from(config: RunConfig, model: CollapseNet, run_path: Path | None) -> None:
     """Start ``model`` (depth L) from the finished shallower run in ``config.init_from`` (a
-    relative path is relative to this run's folder): its embedding, blocks and classifier are
-    copied, blocks L'..L−1 start near the identity.
+    relative path is relative to this run's folder, or, when no run is there, to the working
+    directory): its embedding, blocks and classifier are copied, blocks L'..L−1 start near the
+    identity.
 
     What is continued is read from the source's checkpoint, never from its config.json: the depth
     from its tensors (and its stored config), the model and data fields from its stored config.
@@ -709,7 +711,10 @@ def _continue_from(config: RunConfig, model: CollapseNet, run_path: Path | None)
     """
     src = Path(config.init_from) if config.init_from else None
     if src is not None and not src.is_absolute() and run_path is not None:
-        src = Path(os.path.normpath(run_path / src))  # lexical: run_path need not exist yet
+        near = Path(os.path.normpath(run_path / src))  # lexical: run_path need not exist yet
+        # relative to this run's folder (how sweeps record it), else to the working directory
+        src = near if (near / "metrics.json").exists() or not (src / "metrics.json").exists() \
+            else src
     if src is None or not (src / "metrics.json").exists():
         raise ValueError(
             "init='continuation' needs a finished shallower run in init_from (a run folder with "

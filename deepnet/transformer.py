@@ -110,6 +110,8 @@ class TransformerConfig:
 class Attention(nn.Module):
     """Bias-free multi-head softmax self-attention."""
 
+    collapse_layout = "channels_last"  # (N, T, d), for reduction.collect
+
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
@@ -127,6 +129,8 @@ class Attention(nn.Module):
 
 class MLP(nn.Module):
     """σ(W x) (one layer) or W₂ σ(W₁ x) (two layers); bias-free."""
+
+    collapse_layout = "channels_last"  # (N, T, d), for reduction.collect
 
     def __init__(self, width: int, layers: int, hidden: int) -> None:
         super().__init__()
@@ -152,6 +156,8 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     """Attention sub-block then MLP sub-block, each with its LN (placement set by ``norm``)."""
+
+    collapse_layout = "channels_last"  # (N, T, d), for reduction.collect
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()

@@ -1,75 +1,86 @@
-"""deepcollapse.reduction: collapse metrics, distance to the UFM optimum, depth rates and plots."""
+"""deepcollapse.reduction: collapse metrics, distance to the UFM optimum, depth rates and plots.
 
+Every public name is loaded on first use (PEP 562), so ``import reduction`` is instant and a
+command that needs only the presets, the report or the UFM never imports torch or matplotlib:
+the metrics, ``collect`` and the distance load torch, the plots load matplotlib, the rates
+scipy.stats, the sweep all of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 from importlib.metadata import PackageNotFoundError, version
-
-from .collect import collect
-from .distance import (
-    NegativeGapError,
-    distance_to_optimum,
-    problem_from_features,
-    procrustes_distance,
-)
-from .measure import measure_features, measure_npz
-from .metrics import CollapseAccumulator, collapse_metrics, stream_collapse_metrics
-from .plots import plot_depth, plot_history, plot_layer_profile
-from .rates import RateFit, fit_rate, preset_verdict, rate_table, summarize_by_depth, verdict
+from typing import Any
 
 try:
     __version__ = version("deepcollapse")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-_SWEEP_NAMES = {"run_sweep", "SweepResult", "ufm_problem_for"}
-_REPORT_NAMES = {"report", "read_rows", "monotone_certificate", "load_results"}
-_PRESET_NAMES = {"PRESETS", "Preset", "get_preset"}
+#: public name -> the module that defines it
+_NAMES: dict[str, str] = {
+    "collect": "collect",
+    "classifier_features": "collect",
+    "NegativeGapError": "distance",
+    "distance_to_optimum": "distance",
+    "problem_from_features": "distance",
+    "procrustes_distance": "distance",
+    "Report": "explain",
+    "format_report": "explain",
+    "measure_features": "measure",
+    "measure_npz": "measure",
+    "CollapseAccumulator": "metrics",
+    "collapse_metrics": "metrics",
+    "stream_collapse_metrics": "metrics",
+    "plot_depth": "plots",
+    "plot_history": "plots",
+    "plot_layer_profile": "plots",
+    "RateFit": "rates",
+    "fit_rate": "rates",
+    "preset_verdict": "rates",
+    "rate_table": "rates",
+    "summarize_by_depth": "rates",
+    "verdict": "rates",
+    "run_sweep": "sweep",
+    "ufm_problem_for": "sweep",
+    "SweepResult": "results",
+    "report": "aggregate",
+    "read_rows": "aggregate",
+    "monotone_certificate": "aggregate",
+    "load_results": "aggregate",
+    "PRESETS": "presets",
+    "Preset": "presets",
+    "get_preset": "presets",
+}
 
 
-def __getattr__(name: str) -> object:
-    """The sweep imports torch (through deepnet): load it only when one of its names is used."""
-    if name in _SWEEP_NAMES:
-        from . import sweep
-
-        return getattr(sweep, name)
-    if name in _REPORT_NAMES:
-        from . import aggregate
-
-        return getattr(aggregate, name)
-    if name in _PRESET_NAMES:
-        from . import presets
-
-        return getattr(presets, name)
-    raise AttributeError(f"module 'reduction' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reduction' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"reduction.{module}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
 
 
-__all__ = [
-    "PRESETS",
-    "CollapseAccumulator",
-    "NegativeGapError",
-    "Preset",
-    "RateFit",
-    "SweepResult",
-    "__version__",
-    "collapse_metrics",
-    "collect",
-    "distance_to_optimum",
-    "fit_rate",
-    "get_preset",
-    "load_results",
-    "measure_features",
-    "measure_npz",
-    "monotone_certificate",
-    "plot_depth",
-    "plot_history",
-    "plot_layer_profile",
-    "preset_verdict",
-    "problem_from_features",
-    "procrustes_distance",
-    "rate_table",
-    "read_rows",
-    "report",
-    "run_sweep",
-    "stream_collapse_metrics",
-    "summarize_by_depth",
-    "ufm_problem_for",
-    "verdict",
-]
+class _Package(types.ModuleType):
+    """The import system binds a submodule as an attribute of its package when it is first
+    imported; ``reduction.collect`` is the function (as when this package imported it eagerly),
+    so a submodule of the same name as a public function binds the function instead."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _NAMES.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_NAMES])
+
+
+__all__ = ["__version__", *sorted(_NAMES)]

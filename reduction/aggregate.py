@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from deepnet.io import atomic_write, json_default, write_json
+from deepcollapse.files import atomic_write, json_default, write_json
 from reduction.plots import plot_depth
 from reduction.presets import Preset
 from reduction.rates import GAP_FRACTION, preset_verdict, rate_table, summarize_by_depth
@@ -38,7 +38,7 @@ log = logging.getLogger("deepcollapse")
 
 def read_rows(out: Path) -> list[dict[str, Any]]:
     """Every finished unit's row under OUT/runs, one per (depth, seed), sorted."""
-    from reduction.sweep import read_row
+    from reduction.results import read_row
 
     rows = [r for r in (read_row(d) for d in sorted((Path(out) / "runs").glob("L*-s*"))) if r]
     return sorted(rows, key=lambda r: (r["depth"], r["seed"]))
@@ -247,7 +247,8 @@ def report(
     the failed rows and the verdict names their first causes. The files go to ``dest`` (default
     OUT); ``write=False``, or a read-only OUT without ``dest``, writes nothing.
     """
-    from reduction.sweep import SweepResult, sweep_identity
+    from reduction.results import SweepResult
+    from reduction.sweep import sweep_identity
 
     out = Path(out_dir)
     if preset is None or identity is None:
@@ -551,18 +552,81 @@ def long_summary(summary: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -
 
 
 def load_results(out_dir: str | os.PathLike[str], table: str = "results") -> Any:
-    """A sweep's table as a pandas DataFrame: ``"results"`` (one row per run), ``"summary"``
-    (long form: depth, metric, statistic, value; ``.pivot_table(index="depth",
-    columns=["metric", "statistic"], values="value")`` gives the wide view) or ``"rates"``."""
-    import pandas as pd
+    """A sweep's table as a pandas DataFrame.
 
+    - ``"results"``: one row per run; the columns are described in docs/COLUMNS.md.
+    - ``"summary"``: long form (depth, metric, statistic, value); ``.pivot_table(index="depth",
+      columns=["metric", "statistic"], values="value")`` gives the wide view.
+    - ``"rates"``: one row per metric.
+    - ``"layers"``: the per-layer profiles of every run (its profile.json), long form: one row per
+      (depth, seed, layer) with rel_layer = l/L, nc1, nc3, block_sq_norm, displacement, and the
+      run's converged.
+    - ``"history"``: the training histories (each run's metrics.json), long form: one row per
+      (depth, seed, epoch, metric, split) with its value; split is "train" or "test" for the
+      NC metrics recorded on both (nc1_train → metric nc1, split train) and "train" otherwise;
+      ``optimizer`` says whether an epoch is an L-BFGS iteration.
+
+    Cells the CSV holds as JSON (lists such as local_slopes, dicts) come back as lists and dicts.
+    """
+    from deepcollapse.output import require
+
+    pd = require("pandas", "train", "load_results")
     names = {"results": "results.csv", "summary": "summary.csv", "rates": "rates.csv"}
+    out = Path(out_dir)
+    if table in ("layers", "history"):
+        if not (out / "results.csv").exists():
+            raise FileNotFoundError(f"{out / 'results.csv'} does not exist: run or report the "
+                                    "sweep first")
+        return pd.DataFrame(_layers(out) if table == "layers" else _history(out))
     if table not in names:
-        raise ValueError(f"table must be one of {sorted(names)}, got {table!r}")
-    path = Path(out_dir) / names[table]
+        raise ValueError(f"table must be one of {sorted([*names, 'layers', 'history'])}, "
+                         f"got {table!r}")
+    path = out / names[table]
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run or report the sweep first")
-    return pd.read_csv(path)
+    df = pd.read_csv(path)
+    for col in df.columns:
+        if pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+            continue
+        cells = df[col].dropna()
+        if len(cells) and cells.map(lambda v: isinstance(v, str) and v[:1] in "[{").all():
+            df[col] = df[col].map(lambda v: json.loads(v) if isinstance(v, str) else v)
+    return df
+
+
+def _finished(out: Path) -> list[dict[str, Any]]:
+    return [r for r in read_rows(out) if _ok(r)]
+
+
+def _layers(out: Path) -> list[dict[str, Any]]:
+    rows = []
+    for r in _finished(out):
+        path = out / r["run_dir"] / "profile.json"
+        if path.exists():
+            for layer in json.loads(path.read_text()):
+                rows.append({"depth": r["depth"], "seed": r["seed"],
+                             "converged": r.get("converged"), **layer})
+    return rows
+
+
+def _history(out: Path) -> list[dict[str, Any]]:
+    rows = []
+    for r in _finished(out):
+        path = out / r["run_dir"] / "metrics.json"
+        if not path.exists():
+            continue
+        for h in json.loads(path.read_text()).get("history", []):
+            base = {"depth": r["depth"], "seed": r["seed"], "optimizer": r.get("optimizer"),
+                    "epoch": h["epoch"], "phase": h.get("phase")}
+            for key, value in h.items():
+                if key in ("epoch", "phase", "lr") or not isinstance(value, int | float):
+                    continue
+                metric, split = key, "train"
+                for suffix in ("_train", "_test"):
+                    if key.endswith(suffix):
+                        metric, split = key[: -len(suffix)], suffix[1:]
+                rows.append({**base, "metric": metric, "split": split, "value": float(value)})
+    return rows
 
 
 def _save_png(path: Path, fig: Any) -> None:
@@ -598,7 +662,8 @@ def _extra_figures(out: Path, rows: Sequence[Mapping[str, Any]], paths: dict[str
                     )  # fmt: skip
         if points:
             fig = plot_history(
-                points, ("nc1", "nc3"), title=f"depth {deepest['depth']}, seed {seed}"
+                points, ("nc1", "nc3"), title=f"depth {deepest['depth']}, seed {seed}",
+                xlabel="L-BFGS iteration" if deepest.get("optimizer") == "lbfgs" else "epoch",
             )
             _save_png(paths["history_png"], fig)
 
@@ -607,4 +672,5 @@ def _title(preset: Preset, rows: Sequence[Mapping[str, Any]]) -> str:
     r = rows[0]
     lam = f"λ={r['lam']:g}" + ("/L" if r.get("lam_schedule") == "inverse_depth" else "")
     seeds = len({x["seed"] for x in rows})
-    return f"{preset.name}: {r['arch']} ({r['norm']}-LN) on {r['dataset']}, {lam}, {seeds} seeds"
+    return (f"{preset.name}: {r['arch']} ({r['norm']}-LN) on {r['dataset']}, {lam}, {seeds} "
+            f"seed{'' if seeds == 1 else 's'}")

@@ -1,11 +1,15 @@
-"""Command line: ``python -m reduction {sweep, report, presets}``.
+"""Command line: ``deepcollapse {sweep, report, presets, measure}`` (also ``python -m reduction``).
 
 Examples::
 
-    python -m reduction presets
-    python -m reduction sweep --preset cpu-rn1-mnist --out results/cpu-rn1-mnist
-    python -m reduction sweep --preset cpu-rn1-mnist --depths 2,8,34 --seeds 0 --set epochs=1000
-    python -m reduction report results/cpu-rn1-mnist
+    deepcollapse presets
+    deepcollapse sweep --preset cpu-rn1-mnist --out results/cpu-rn1-mnist
+    deepcollapse sweep --preset cpu-rn1-mnist --depths 2,8,34 --seeds 0 --set epochs=1000
+    deepcollapse report results/cpu-rn1-mnist
+    deepcollapse measure features.npz --lam 0.005
+
+Output, errors, progress and Ctrl-C follow :mod:`deepcollapse.output`. ``presets``, ``report``
+and ``measure`` import no torch until they need it (``measure`` needs it for the metrics).
 """
 
 from __future__ import annotations
@@ -17,6 +21,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from deepcollapse.output import (
+    ArgumentParser,
+    UserError,
+    add_standard_options,
+    print_json,
+    progress_enabled,
+    require,
+    run_command,
+)
+from reduction.measure import add_measure_arguments
 
 
 def _int_list(text: str) -> list[int]:
@@ -167,30 +182,23 @@ def print_summary(result: Any, file: Any = sys.stdout) -> None:
         print(f"{key:>8}: {result.paths[key]}", file=file)
 
 
-class CliError(Exception):
-    """A user error: printed as one ``error: …`` line, exit status 2."""
+CliError = UserError  # the name earlier versions raised
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports errors as one line (no usage block)."""
+def build_parser(prog: str = "deepcollapse") -> argparse.ArgumentParser:
+    p = ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    add_standard_options(p, json_help=None, quiet_help=None)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{sweep,report,presets,measure}")
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise CliError(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from reduction import __version__
-
-    p = ArgumentParser(prog="python -m reduction", description=__doc__.split("\n")[0])
-    p.add_argument("--version", action="version", version=f"deepcollapse {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
-
-    s = sub.add_parser("sweep", help="run or resume a depth sweep")
-    s.add_argument("--preset", required=True, help="preset name (see `presets`)")
+    s = sub.add_parser("sweep", help="run or resume a depth sweep",
+                       description="Run or resume a depth sweep (a preset's depths × seeds); "
+                       "rerunning the same command resumes it, finished runs are kept.")
+    add_standard_options(s, json_help="print the summary as strict JSON")
+    s.add_argument("--preset", required=True, help="preset name (see `deepcollapse presets`)")
     s.add_argument("--out", help="sweep folder (default results/<preset>); reuse it to resume")
     s.add_argument("--depths", type=_int_list, help="comma-separated depths (default: preset's)")
     s.add_argument("--seeds", type=_int_list, help="comma-separated seeds (default: preset's)")
-    s.add_argument("--epochs", type=int, help="epochs per run")
+    s.add_argument("--epochs", type=int, help="epochs (L-BFGS: iterations) per run")
     s.add_argument("--lr", type=float, help="learning rate")
     s.add_argument("--per-class", dest="n_per_class", type=int, help="training samples per class")
     s.add_argument("--device", help="auto, cpu or cuda")
@@ -231,33 +239,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the seeds of one depth as one batched model (first-order optimizers; "
         "default: on when a GPU is present)",
     )
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
-    s.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    r = sub.add_parser("report", help="re-aggregate a (partial) sweep folder")
+    r = sub.add_parser("report", help="re-aggregate a (partial) sweep folder",
+                       description="Rebuild a sweep folder's tables, certificates, rates, "
+                       "verdict and figures from its run folders.")
+    add_standard_options(r, json_help="print the summary as strict JSON", quiet_help=None)
     r.add_argument("out", help="sweep folder")
-    r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.add_argument("--markdown", action="store_true", help="print the summary as Markdown tables")
 
-    ps = sub.add_parser("presets", help="list the presets")
-    ps.add_argument("--json", action="store_true", help="print the presets as JSON")
-
-    from reduction.measure import add_measure_arguments
+    ps = sub.add_parser("presets", help="list the presets", description="List the sweep presets.")
+    add_standard_options(ps, json_help="print the presets as strict JSON", quiet_help=None)
 
     add_measure_arguments(
         sub.add_parser(
-            "measure", help="metrics and distance to the UFM optimum of saved features (.npz)"
+            "measure", help="metrics and distance to the UFM optimum of saved features (.npz)",
+            description="Collapse metrics of saved last-layer features and their distance to the "
+            "optimum of the LayerNorm UFM of the same data (THEORY §6, §10).",
         )
     )
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except CliError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def _interrupted(args: argparse.Namespace) -> str:
+    if getattr(args, "command", None) == "sweep":
+        out = args.out or f"results/{args.preset}"
+        return (f"rerun the same command to resume the sweep in {out} (finished runs are kept, "
+                "each unfinished one restarts from its last checkpoint)")
+    return "nothing was changed; rerun the command to start again"
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "deepcollapse") -> int:
+    """Run a subcommand; returns the exit status (0; 2 user error; 130 interrupted)."""
+    state: dict[str, argparse.Namespace] = {}
+
+    def body() -> int:
+        args = build_parser(prog).parse_args(argv)
+        state["args"] = args
+        return _run(args)
+
+    return run_command(
+        body, interrupted=lambda: _interrupted(state["args"]) if "args" in state else "stopped"
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "measure":
         from reduction.measure import run_measure
 
@@ -268,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             from dataclasses import asdict
 
-            print(json.dumps({n: asdict(p) for n, p in PRESETS.items()}, indent=2))
+            print_json({"presets": {n: asdict(p) for n, p in PRESETS.items()}})
             return 0
         for name, preset in PRESETS.items():
             tag = "GPU" if preset.gpu_sized else "CPU"
@@ -277,53 +302,49 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{'':<26} {preset.description}")
         return 0
 
-    from reduction.aggregate import report
-    from reduction.sweep import run_sweep
+    if args.command == "report":
+        require("matplotlib", "plots", "deepcollapse report (its figures)")
+        from reduction.aggregate import report
 
-    try:
-        if args.command == "report":
-            result = report(Path(args.out))
-        else:
-            result = run_sweep(
-                args.preset,
-                args.out,
-                depths=args.depths,
-                seeds=args.seeds,
-                overrides=_overrides(args.set, args),
-                budget_check=args.budget_check,
-                progress=not args.quiet,
-                workers=args.workers,
-                backend=args.backend,
-                address=args.address,
-                gpus_per_unit=args.gpus_per_unit,
-                batch_seeds=args.batch_seeds,
-            )
-    except (ValueError, FileNotFoundError, CliError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # an unwritable --out, a full disk: one line, nothing lost
-        print(f"error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
+        result = report(Path(args.out))
+    else:
+        require("torch", "train", "deepcollapse sweep")
+        require("matplotlib", "plots", "deepcollapse sweep (its figures)")
+        from reduction.sweep import run_sweep
+
+        result = run_sweep(
+            args.preset,
+            args.out,
+            depths=args.depths,
+            seeds=args.seeds,
+            overrides=_overrides(args.set, args),
+            budget_check=args.budget_check,
+            progress=progress_enabled(args.quiet),
+            workers=args.workers,
+            backend=args.backend,
+            address=args.address,
+            gpus_per_unit=args.gpus_per_unit,
+            batch_seeds=args.batch_seeds,
+        )
     if getattr(args, "markdown", False):
         from reduction.aggregate import markdown_summary
 
         print(markdown_summary(result))
         return 0
     if args.json:
-        from deepnet.io import json_default
-
-        payload = {
-            "out_dir": str(result.out_dir),
-            "preset": result.preset.name,
-            "n_runs": len(result.rows),
-            "summary": result.summary,
-            "rates": result.rates,
-            "verdict": result.verdict,
-            "monotone": result.monotone,
-            "budget_checks": result.budget_checks,
-            "paths": {k: str(v) for k, v in result.paths.items()},
-        }
-        print(json.dumps(payload, indent=2, default=json_default))
+        print_json(
+            {
+                "out_dir": str(result.out_dir),
+                "preset": result.preset.name,
+                "n_runs": len(result.rows),
+                "summary": result.summary,
+                "rates": result.rates,
+                "verdict": result.verdict,
+                "monotone": result.monotone,
+                "budget_checks": result.budget_checks,
+                "paths": {k: str(v) for k, v in result.paths.items()},
+            }
+        )
     else:
         print_summary(result)
     return 0

@@ -34,12 +34,19 @@ import warnings
 from typing import Any, Literal
 
 import numpy as np
-import torch
+
+from deepcollapse.output import missing_extra
+
+try:
+    import torch
+except ImportError:  # the [torch] extra is not installed: one line naming it
+    raise missing_extra("torch", "torch", "reduction.distance_to_optimum") from None
 from scipy.linalg import orthogonal_procrustes
 from scipy.special import logsumexp
 
 import ufm
 
+from .explain import Report
 from .formulas import _unit_scale
 from .metrics import _as_tensor
 
@@ -323,9 +330,9 @@ def _same_problem(a: ufm.Problem, b: ufm.Problem) -> bool:
 
 
 def distance_to_optimum(
-    features: Any,
-    labels: Any,
-    W: Any,
+    features: Any = None,
+    labels: Any = None,
+    W: Any = None,
     b: Any = None,
     problem: ufm.Problem | None = None,
     *,
@@ -336,8 +343,25 @@ def distance_to_optimum(
     feasibility_tol: float = 1e-4,
     on_negative_gap: Literal["raise", "warn"] = "raise",
     global_mean: Literal["sample", "class"] = "sample",
-) -> dict[str, Any]:
+    model: Any = None,
+    loader: Any = None,
+    classifier: str | None = None,
+    layer: str | None = None,
+    pool: str = "flatten",
+    layout: str | None = None,
+    device: Any = None,
+) -> Report:
     """Compare (features (N, d) as rows, labels (N,), W (K, d), b (K,) or None) with the optimum.
+
+    **From a model, in one call**: ``distance_to_optimum(model=m, loader=dl, classifier="fc",
+    lam=5e-3)`` hooks the input of the classifier module ``classifier`` over one pass of
+    ``loader`` (or the pooled output of ``layer``, with ``pool`` and ``layout`` as in
+    :func:`reduction.collect`), takes W and b from that module, and measures them as below;
+    ``features``, ``labels`` and ``W`` are then not given. The classifier's bias, if it has one,
+    makes the UFM's bias "free" (an undecayed bias).
+
+    The result is a :class:`reduction.explain.Report`: a dict that prints its headline numbers
+    first, each with its meaning and which way is better (``.table()`` prints every key).
 
     ``problem``: the ``ufm.Problem`` to compare with. ``None``: built from the data by
     :func:`problem_from_features` (LayerNorm sphere, radius = largest feature norm, centred iff
@@ -373,7 +397,9 @@ def distance_to_optimum(
     row removed, which CE cannot see). ``nc3_ufm_opt`` is its value at the solver's optimum
     (0 up to solver precision; > 0 only for points mixing labels, i.e. tied inputs).
 
-    Returns: optimum_value, optimum_method, optimum_geometry, fit, classifier_penalty (λ_W/2‖W‖²
+    Returns (headline keys first): optimum_value, gap, rel_gap, nc2_ufm, nc3_ufm, w_norm_ratio,
+    optimum_method, optimum_geometry, optimum_status (the solution's: "closed_form",
+    "certified", "not_certified"), fit, classifier_penalty (λ_W/2‖W‖²
     + λ_b/2‖b‖² if the bias is regularised), classifier_objective = fit + classifier_penalty,
     gap = classifier_objective − optimum_value, rel_gap = gap/|optimum_value|, feature_penalty
     (λ_H/2‖H‖_F², free features only), ufm_objective, ufm_gap, feasible, feasibility_violation
@@ -385,6 +411,21 @@ def distance_to_optimum(
     nc2_means_ufm, nc3_ufm, nc3_ufm_opt, radius (the problem's r, None for free features),
     centered, problem (``ufm.Problem.to_dict()``, JSON-able).
     """
+    if model is not None:
+        if features is not None or labels is not None or W is not None or b is not None:
+            raise ValueError("give either model= (with loader= and classifier=) or "
+                             "features, labels and W, not both")
+        if loader is None or classifier is None:
+            raise ValueError("model= needs loader= and classifier= (the classifier module's "
+                             "name)")
+        from .collect import classifier_features
+
+        features, labels, W, b = classifier_features(
+            model, loader, classifier, layer=layer, pool=pool, layout=layout, device=device)
+    elif loader is not None or classifier is not None or layer is not None:
+        raise ValueError("loader=, classifier= and layer= apply with model= only")
+    if features is None or labels is None or W is None:
+        raise ValueError("give features, labels and W (or model=, loader= and classifier=)")
     if on_negative_gap not in ("raise", "warn"):
         raise ValueError(f"on_negative_gap must be 'raise' or 'warn', got {on_negative_gap!r}")
     if global_mean not in ("sample", "class"):
@@ -496,15 +537,19 @@ def distance_to_optimum(
         n = np.linalg.norm(X)
         return X / n if n > 0 else X
 
-    return {
+    out = {
         "optimum_value": value,
+        "gap": gap,
+        "rel_gap": gap / abs(value) if value != 0 else math.nan,
+        "nc2_ufm": _gram_distance(Wn, Wopt),
+        "nc3_ufm": nc3_ufm,
+        "w_norm_ratio": w_mean / w_opt if w_opt > 0 else math.nan,
         "optimum_method": getattr(sol, "method", None),
         "optimum_geometry": getattr(sol, "geometry", None),
+        "optimum_status": getattr(sol, "status", "unknown"),
         "fit": fit,
         "classifier_penalty": cls_pen,
         "classifier_objective": cls_obj,
-        "gap": gap,
-        "rel_gap": gap / abs(value) if value != 0 else math.nan,
         "feature_penalty": feat_pen,
         "ufm_objective": ufm_obj,
         "ufm_gap": ufm_gap,
@@ -515,7 +560,6 @@ def distance_to_optimum(
         "gap_tol": tol,
         "w_norm_mean": w_mean,
         "w_norm_mean_opt": w_opt,
-        "w_norm_ratio": w_mean / w_opt if w_opt > 0 else math.nan,
         "procrustes_means": procrustes_distance(Mbar, Mopt),
         "procrustes_W": procrustes_distance(Wn, Wopt),
         # one rotation for both blocks (each unit-normalised first): the RMS of the two block
@@ -523,14 +567,13 @@ def distance_to_optimum(
         "procrustes_joint": procrustes_distance(
             np.vstack([_unit(Mbar), _unit(Wn)]), np.vstack([_unit(Mopt), _unit(Wopt)])
         ),
-        "nc2_ufm": _gram_distance(Wn, Wopt),
         "nc2_means_ufm": _gram_distance(Mbar, Mopt),
-        "nc3_ufm": nc3_ufm,
         "nc3_ufm_opt": nc3_ufm_opt,
         "radius": problem.r if problem.features == "layernorm" else None,
         "centered": bool(problem.centered) if problem.features == "layernorm" else None,
         "problem": problem.to_dict(),
     }
+    return Report(out)
 
 
 def group_distance(features: Any, group_ids: Any, solution: Any) -> dict[str, float]:

@@ -12,7 +12,14 @@ import math
 
 import numpy as np
 
-__all__ = ["equiangularity", "equinorm", "etf_target", "nc1_papyan", "nc2_distance"]
+__all__ = [
+    "equiangularity",
+    "equinorm",
+    "etf_target",
+    "nc1_papyan",
+    "nc2_distance",
+    "self_duality",
+]
 
 
 def _pow2_at_least(m: float) -> float:
@@ -87,3 +94,18 @@ def nc1_papyan(Sw: np.ndarray, Mbar: np.ndarray, K: int) -> float:
     s, Vt = s[mask], Vt[mask]
     quad = np.maximum(np.einsum("jd,de,je->j", Vt, Sw, Vt), 0.0)
     return float((quad / s**2).sum() / K)
+
+
+def self_duality(W: np.ndarray, Mbar: np.ndarray) -> float:
+    """‖W M̄ᵀ/‖W M̄ᵀ‖_F − P_K/√(K−1)‖_F (THEORY §6): how far the classifier-times-means matrix is
+    from the simplex ETF that self-duality and NC2 together give (W ∝ M̄, M̄ M̄ᵀ ∝ P_K make
+    W M̄ᵀ ∝ P_K, and ‖P_K‖_F = √(K−1)). The normalisation of Kothapalli (2023), as the
+    rhubarbwu/neural-collapse library's ``self_duality_error`` computes it; in [0, 2]. NaN when
+    W M̄ᵀ = 0. Inputs are rescaled by powers of two first (scale-free, no overflow).
+    """
+    K = W.shape[0]
+    S = _unit_scale(np.asarray(W, dtype=np.float64)) @ _unit_scale(np.asarray(Mbar, np.float64)).T
+    n = np.linalg.norm(S)
+    if n == 0.0 or K < 2:
+        return math.nan
+    return float(np.linalg.norm(S / n - etf_target(K) / math.sqrt(K - 1)))

@@ -1,17 +1,21 @@
 """Measure saved last-layer features against the theory: every collapse metric (docs/THEORY.md §6)
 and the distance to the optimum of the LayerNorm UFM built from the data (§3, §10).
 
-``python -m reduction measure FILE.npz --lam 0.005 [--loss ce] [--json]`` reads a .npz holding
+``deepcollapse measure FILE.npz --lam 0.005 [--loss ce] [--all] [--json]`` reads a .npz holding
 ``features`` (N, d), ``labels`` (N,), ``W`` (K, d) and optionally ``b`` (K,), e.g. written by::
 
     np.savez("feats.npz", features=H, labels=y, W=model.fc.weight.detach().numpy(),
              b=model.fc.bias.detach().numpy())
+
+The table leads with the headline numbers, each with its meaning and which way is better
+(:mod:`reduction.explain`); ``--all`` adds every other number, ``--json`` prints them all as
+strict JSON. The metrics need torch (``deepcollapse[torch]``); this module imports it only when
+it measures.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import zipfile
@@ -20,26 +24,15 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .distance import distance_to_optimum
-from .metrics import collapse_metrics
+from deepcollapse.output import add_standard_options, dumps, one_line, require
+
+from .explain import format_report
 
 __all__ = ["add_measure_arguments", "measure_features", "measure_npz", "run_measure"]
 
 REQUIRED = ("features", "labels", "W")
 
-# keys of the result, in the order the table prints them (anything else follows)
-_COLLAPSE_ORDER = (
-    "nc1", "nc1_papyan", "cdnv", "nc2", "nc2_ortho", "nc2_means", "nc2_means_ortho", "nc3",
-    "nc3_papyan", "nc4", "nc4_agreement", "equinorm_W", "equinorm_means", "equiangularity_W",
-    "equiangularity_means", "tr_sigma_w", "tr_sigma_b",
-)  # fmt: skip
-_DISTANCE_ORDER = (
-    "optimum_value", "optimum_geometry", "optimum_method", "fit", "classifier_penalty",
-    "classifier_objective", "gap", "rel_gap", "gap_tol", "feasible", "feasibility_violation",
-    "sphere_violation", "ball_bound", "nc2_ufm", "nc2_means_ufm", "nc3_ufm", "nc3_ufm_opt",
-    "w_norm_mean", "w_norm_mean_opt", "w_norm_ratio", "procrustes_means", "procrustes_W",
-    "procrustes_joint",
-)  # fmt: skip
+# aliases and internals that the table leaves out (the JSON keeps them)
 _SKIP = {"equinorm", "equiangularity", "feature_penalty", "ufm_objective", "ufm_gap"}
 
 
@@ -69,6 +62,10 @@ def measure_features(
     RuntimeWarning instead of an error (the numbers are the measurement). Values are str, bool,
     int, float (NaN/inf where a metric is undefined) or None.
     """
+    require("torch", "torch", "measuring collapse metrics")
+    from .distance import distance_to_optimum
+    from .metrics import collapse_metrics
+
     metrics = collapse_metrics(features, labels, W, b)
     dist = distance_to_optimum(features, labels, W, b, lam=lam, loss=loss, on_negative_gap="warn")
     problem = dist.pop("problem")
@@ -77,8 +74,11 @@ def measure_features(
         "width": int(problem["width"]),
         "n_samples": int(metrics.pop("n_samples")),
     }
-    out.update({k: _plain(v) for k, v in metrics.items()})
-    out.update({k: _plain(v) for k, v in dist.items()})
+    # the headline numbers first (the order a reader and the table want)
+    for key in ("optimum_value", "gap", "rel_gap", "nc1", "nc2_ufm", "nc3_ufm", "nc4"):
+        out[key] = _plain(metrics[key] if key in metrics else dist[key])
+    out.update({k: _plain(v) for k, v in metrics.items() if k not in out})
+    out.update({k: _plain(v) for k, v in dist.items() if k not in out})
     out["ufm_loss"] = problem["loss"]
     out["ufm_bias"] = problem["bias"]
     out["ufm_lam_W"] = float(problem["lam_W"])
@@ -140,61 +140,35 @@ def measure_npz(path: str | Path, *, lam: float, loss: str = "ce") -> dict[str, 
 
 
 def add_measure_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``measure``: FILE.npz --lam LAM [--loss ce|mse] [--json]."""
+    """Arguments of ``measure``: FILE.npz --lam LAM [--loss ce|mse] [--all] [--json]
+    [--quiet] [--version]."""
     parser.add_argument(
         "file", metavar="FILE.npz", help="arrays features (N, d), labels (N,), W (K, d)[, b (K,)]"
     )
     parser.add_argument(
         "--lam",
         metavar="LAM",
-        help="λ_W, the classifier's weight decay in the training objective (required)",
+        help="λ_W, the classifier's weight decay in the training objective: the coefficient of "
+        "(λ/2)‖W‖², i.e. SGD's coupled weight_decay (required)",
     )
     parser.add_argument("--loss", default="ce", help="ce (default) or mse")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--all", action="store_true",
+                        help="print every number, not only the headline ones")
+    add_standard_options(parser, json_help="print every number as strict JSON",
+                         quiet_help="no progress lines on stderr (a long UFM solve)")
     return parser
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.6g}"
-    return str(v)
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """The result as aligned ``key  value`` lines in two sections."""
-    head = (
+def format_table(result: dict[str, Any], all: bool = False) -> str:
+    """The headline numbers with their meaning and direction, then (``all``) every other one."""
+    title = (
         f"{result.get('file', 'features')}: N = {result['n_samples']}, "
-        f"K = {result['num_classes']}, d = {result['width']}"
+        f"K = {result['num_classes']}, d = {result['width']}; UFM loss {result['ufm_loss']}, "
+        f"bias {result['ufm_bias']}, λ_W = {result['ufm_lam_W']:g}"
     )
-    ufm_line = (
-        f"UFM: LayerNorm sphere, radius {_fmt(result['radius'])}, "
-        f"{'centred' if result['centered'] else 'not centred'}, loss {result['ufm_loss']}, "
-        f"bias {result['ufm_bias']}, λ_W {_fmt(result['ufm_lam_W'])}"
-    )
-    shown = {"file", "n_samples", "num_classes", "width", "radius", "centered"}
-    shown |= {"ufm_loss", "ufm_bias", "ufm_lam_W"} | _SKIP
-    sections = [
-        ("collapse metrics", [k for k in _COLLAPSE_ORDER if k in result]),
-        ("distance to the UFM optimum", [k for k in _DISTANCE_ORDER if k in result]),
-    ]
-    listed = {k for _, keys in sections for k in keys}
-    rest = [k for k in result if k not in listed and k not in shown]
-    if rest:
-        sections.append(("other", rest))
-    width = max(len(k) for _, keys in sections for k in keys)
-    lines = [head, ufm_line]
-    for title, keys in sections:
-        lines += ["", title]
-        lines += [f"  {k:<{width}}  {_fmt(result[k])}" for k in keys]
-    return "\n".join(lines)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
+    skip = frozenset({"file", "n_samples", "num_classes", "width", "ufm_loss", "ufm_bias",
+                      "ufm_lam_W", *_SKIP})
+    return format_report(result, all=all, title=title, skip=skip)
 
 
 def run_measure(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -213,10 +187,10 @@ def run_measure(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             raise ValueError(f"--loss must be ce or mse, got {args.loss!r}")
         result = measure_npz(args.file, lam=lam, loss=args.loss)
     except ValueError as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(result, indent=2), file=out)
+    if getattr(args, "json", False):
+        print(dumps(result), file=out)
     else:
-        print(format_table(result), file=out)
+        print(format_table(result, all=getattr(args, "all", False)), file=out)
     return 0

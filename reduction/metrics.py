@@ -42,7 +42,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
-import torch
+
+from deepcollapse.output import missing_extra
+
+try:
+    import torch
+except ImportError:  # the [torch] extra is not installed: one line naming it
+    raise missing_extra("torch", "torch", "reduction's collapse metrics") from None
 from scipy.spatial.distance import pdist
 
 from .formulas import (
@@ -53,6 +59,7 @@ from .formulas import (
     etf_target,
     nc1_papyan,
     nc2_distance,
+    self_duality,
 )
 
 __all__ = [
@@ -76,16 +83,26 @@ def _as_tensor(x: Any, name: str, device: torch.device | None = None) -> torch.T
     """numpy / torch / sequence → torch tensor (no copy where possible), on ``device`` if given."""
     if isinstance(x, torch.Tensor):
         t = x.detach()
-    elif isinstance(x, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(x))
     else:
         try:
-            t = torch.as_tensor(np.asarray(x))
+            arr = x if isinstance(x, np.ndarray) else np.asarray(x)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{name}: cannot convert {type(x).__name__} to an array") from exc
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(_not_numbers(name, arr))
+        t = torch.from_numpy(np.ascontiguousarray(arr))
     if device is not None and t.device != device:
         t = t.to(device)
     return t
+
+
+def _not_numbers(name: str, arr: np.ndarray) -> str:
+    """The one-line message for an array of strings or objects where numbers are expected."""
+    what = "strings" if arr.dtype.kind in "US" else f"dtype {arr.dtype}"
+    if name == "labels":
+        return (f"labels must be integers 0..K−1, got {what}; map them first, e.g. "
+                "np.unique(labels, return_inverse=True)[1]")
+    return f"{name} must be numbers, got {what}"
 
 
 def _features(x: Any, dim: int, device: torch.device | None, cast: bool = True) -> torch.Tensor:
@@ -562,7 +579,8 @@ class CollapseAccumulator:
         nc2_means_ortho = nc2_distance([μ_k] uncentred, I_K); equinorm(_W/_means) = std/mean of
         row norms; equiangularity(_W/_means) = mean |cos + 1/(K−1)|;
         nc3 = 1 − (1/N) Σ cos(h_i, w_{y_i});
-        nc3_papyan = ‖Wᵀ/‖W‖_F − M̄ᵀ/‖M̄‖_F‖_F²; nc4 = 1 − nc4_agreement (fraction of samples whose
+        nc3_papyan = ‖Wᵀ/‖W‖_F − M̄ᵀ/‖M̄‖_F‖_F²; self_duality = ‖W M̄ᵀ/‖W M̄ᵀ‖_F − P_K/√(K−1)‖_F;
+        nc4 = 1 − nc4_agreement (fraction of samples whose
         classifier argmax equals the nearest class mean); tr_sigma_w, tr_sigma_b, n_samples.
         """
         self._check_nonempty()
@@ -629,6 +647,7 @@ class CollapseAccumulator:
             out["nc3"] = 1.0 - float(self.cos_sum.item()) / N
         else:
             out["nc3"] = math.nan
+        out["self_duality"] = self_duality(W_np, Mbar)
         wn, mn = np.linalg.norm(W_np), np.linalg.norm(Mbar)
         out["nc3_papyan"] = (
             float(np.linalg.norm(W_np.T / wn - Mbar.T / mn) ** 2) if wn > 0 and mn > 0 else math.nan

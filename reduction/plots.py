@@ -8,9 +8,15 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+
+from deepcollapse.output import missing_extra
+
+try:
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+except ImportError:  # the [plots] extra is not installed: one line naming it
+    raise missing_extra("matplotlib", "plots", "reduction's figures") from None
 
 from .rates import (
     Rows,
@@ -28,6 +34,50 @@ __all__ = ["plot_depth", "plot_history", "plot_layer_profile"]
 _LABELS = {**labels(), "gap": labels()["objective_gap"]}
 
 BASELINE_LABEL = "no blocks (L = 0)"
+FIT_LEGEND = "fitted power law (slope in the panel title)"
+#: width of one panel in inches: three panels at the 150 dpi the sweep saves are ≤ 1400 px
+PANEL_WIDTH = 3.0
+MAX_COLUMNS = 3
+
+
+def _grid(n: int) -> tuple[int, int]:
+    """(rows, columns) for n panels: at most MAX_COLUMNS per row, rows as even as possible."""
+    rows = math.ceil(n / MAX_COLUMNS)
+    return rows, math.ceil(n / rows)
+
+
+def _plain_log_ticks(ax: Any, axis: str = "y") -> None:
+    """Plain numbers at a few ticks of a log axis (0.01, 0.1, 1, or 1, 2, 5 within a decade),
+    and no labels on the minor ticks (matplotlib labels them when the range is short)."""
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    subs: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    if lo > 0 and hi > lo:
+        for candidate in ((1.0,), (1.0, 2.0, 5.0)):  # the fewest ticks that give two labels
+            first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+            inside = [m * 10.0**e for e in range(first, last + 1) for m in candidate
+                      if lo <= m * 10.0**e <= hi]
+            if len(inside) >= 2:
+                subs = candidate
+                break
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(LogLocator(base=10.0, subs=subs, numticks=12))
+    target.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
+def _shared_legend(fig: Figure, axes: Sequence[Any], rename: dict[str, str] | None = None) -> None:
+    """One legend for the figure, below the panels: each label once (the first handle drawn
+    with it), labels renamed by ``rename`` where a prefix matches."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            for prefix, new in (rename or {}).items():
+                if label.startswith(prefix):
+                    label = new
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center",
+                   ncols=min(len(seen), 3), fontsize=7, frameon=False)
 
 
 def _positive_mean(values: Sequence[Any]) -> float:
@@ -89,10 +139,14 @@ def plot_depth(
     summary = summarize_by_depth(used, metrics) if used else []
     names = {**_LABELS, **(labels or {})}
     n_ax = 1 if single_axis else len(metrics)
+    n_rows, n_cols = _grid(n_ax)
     if figsize is None:
-        figsize = (5.0, 3.8) if single_axis else (3.6 * n_ax, 3.4)
+        figsize = (5.0, 4.2) if single_axis else (PANEL_WIDTH * n_cols, 2.9 * n_rows + 0.7)
     fig = Figure(figsize=figsize, layout="constrained")
-    axes = fig.subplots(1, n_ax, squeeze=False)[0]
+    grid = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for extra in grid[n_ax:]:
+        extra.remove()
+    axes = grid[:n_ax]
     depth = np.array([r["depth"] for r in summary], dtype=np.float64)
     ticks = sorted({float(_depth_key(r["depth"])) for r in (*used, *unconverged)})
     for i, m in enumerate(metrics):
@@ -110,8 +164,7 @@ def plot_depth(
                     ax.fill_between(depth[keep], lo[keep], hi[keep], color=colour, alpha=0.2, lw=0)
         _draw_unconverged(ax, unconverged, m, colour)
         _draw_baseline(ax, baseline, m, colour, names.get(m, m) if single_axis else None)
-        if slope and used:
-            _draw_fit(ax, rows, m, colour, converged_only, ci)
+        fit_text = _draw_fit(ax, rows, m, colour, converged_only, ci) if slope and used else None
         ys = [np.asarray(line.get_ydata(), dtype=np.float64) for line in ax.lines]
         if not any(np.any(np.isfinite(y) & (y > 0)) for y in ys):
             # nothing a log axis can show (e.g. NC1 = inf when the features are constant): an
@@ -124,15 +177,18 @@ def plot_depth(
         # label the depths themselves: log-axis minor labels (2×10⁰, 3×10⁰, …) overlap
         ax.set_xticks(ticks, [f"{d:g}" for d in ticks])
         ax.xaxis.set_minor_formatter(NullFormatter())
+        _plain_log_ticks(ax, "y")
         ax.set_xlabel(xlabel)
         if not single_axis:
-            ax.set_title(names.get(m, m), fontsize=10)
-        ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=7, frameon=False)
+            head = names.get(m, m)
+            ax.set_title(head if fit_text is None else f"{head}\n{fit_text}", fontsize=9)
+        ax.grid(True, which="major", alpha=0.25)
     if single_axis:
         axes[0].set_ylabel("metric")
+    # one legend for the figure (the same entries in every panel), below the panels
+    _shared_legend(fig, axes, {"slope ": FIT_LEGEND} if not single_axis else None)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -175,10 +231,11 @@ def _draw_baseline(
 
 def _draw_fit(
     ax: Any, rows: list[dict[str, Any]], m: str, colour: str, converged_only: bool, ci: float
-) -> None:
+) -> str | None:
+    """Draw the fitted power law; return its label ("slope s [lo, hi] (95% t)"), or None."""
     fit = rate_table(rows, [m], converged_only=converged_only, ci=ci)[0]
     if fit["note"] is not None:
-        return  # not fittable (see rate_table): the mean line still shows
+        return None  # not fittable (see rate_table): the mean line still shows
     depths = [
         float(_depth_key(r["depth"]))
         for r in rows
@@ -202,6 +259,7 @@ def _draw_fit(
         alpha=0.8,
         label=label,
     )
+    return label
 
 
 def plot_layer_profile(
@@ -211,7 +269,7 @@ def plot_layer_profile(
     cmap: str = "viridis",
     title: str | None = None,
     labels: dict[str, str] | None = None,
-    figsize: tuple[float, float] = (5.0, 3.8),
+    figsize: tuple[float, float] = (5.0, 3.6),
 ) -> Figure:
     """Progressive collapse: ``metric`` against the relative layer index l/L, one curve per depth.
 
@@ -258,6 +316,7 @@ def plot_layer_profile(
         else:
             ax.plot(rel[ok], mean[ok], "-", marker=".", color=colour, lw=1.5, label=f"L = {depth}")
     ax.set_yscale("log")
+    _plain_log_ticks(ax, "y")
     ax.set_xlabel("relative layer l / L")
     ax.set_ylabel(names.get(metric, metric))
     ax.set_xlim(-0.03, 1.03)
@@ -273,11 +332,15 @@ def plot_history(
     metrics: Sequence[str] = ("nc1", "nc3"),
     x: str = "epoch",
     *,
+    xlabel: str | None = None,
     title: str | None = None,
     labels: dict[str, str] | None = None,
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
-    """Collapse over training: one panel per metric, one line per split, log y.
+    """Collapse over training: one panel per metric, one line per split, log y, one legend.
+
+    ``xlabel``: the x axis's label (default ``x``; "L-BFGS iteration" for an L-BFGS run, whose
+    history counts iterations, not epochs).
 
     history: rows (or a CSV path) {x: e, "split": "train" | "test" | …, metric: v, ...}; a row
     without "split" is a training row, a row without the metric is skipped for it (test metrics
@@ -303,10 +366,14 @@ def plot_history(
         {str(r.get("split", "train")) for r in rows}, key=lambda s: (order.get(s, 2), s)
     )
     names = {**_LABELS, **(labels or {})}
+    n_rows, n_cols = _grid(len(metrics))
     if figsize is None:
-        figsize = (3.8 * len(metrics), 3.2)
+        figsize = (PANEL_WIDTH * n_cols, 2.7 * n_rows + 0.5)
     fig = Figure(figsize=figsize, layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    grid = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for extra in grid[len(metrics):]:
+        extra.remove()
+    axes = grid[: len(metrics)]
     styles = {"train": "-", "test": "--"}
     for ax, m in zip(axes, metrics):
         for j, split in enumerate(splits):
@@ -320,10 +387,11 @@ def plot_history(
             if ok.any():
                 ax.plot(xs[ok], ys[ok], styles.get(split, ":"), color=f"C{j}", lw=1.5, label=split)
         ax.set_yscale("log")
-        ax.set_xlabel(x)
-        ax.set_title(names.get(m, m), fontsize=10)
-        ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=7, frameon=False)
+        _plain_log_ticks(ax, "y")
+        ax.set_xlabel(x if xlabel is None else xlabel)
+        ax.set_title(names.get(m, m), fontsize=9)
+        ax.grid(True, which="major", alpha=0.25)
+    _shared_legend(fig, axes)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     return fig

@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PAPER_DEPTHS: tuple[int, ...] = (0, 2, 3, 5, 8, 13, 21, 34)
+#: what a preset may expect of its metrics as depth grows (THEORY §12): the limit is 0 (one-layer
+#: blocks, transformers with one-layer MLPs, two-layer blocks with λ/L) or a floor > 0 (two-layer
+#: blocks at constant λ)
+EXPECTATIONS = ("zero", "floor")
 
 
 @dataclass(frozen=True)
@@ -54,8 +58,6 @@ class Preset:
     verdict_metrics: tuple[str, ...] = ("objective_gap", "nc1", "nc3")
 
     def __post_init__(self) -> None:
-        from reduction.rates import EXPECTATIONS
-
         if self.expect not in EXPECTATIONS:
             raise ValueError(
                 f"preset {self.name!r}: expect must be one of {EXPECTATIONS}, got {self.expect!r}"

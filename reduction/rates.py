@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from reduction.presets import EXPECTATIONS  # the words a preset may expect (THEORY §12)
+
 __all__ = [
     "BOOTSTRAP_MIN_SEEDS",
     "EXPECTATIONS",
@@ -42,10 +44,6 @@ Rows = Sequence[Mapping[str, Any]] | str | os.PathLike
 #: Student-t interval on the per-seed slopes (a bootstrap of 2–3 seeds covers the true slope only
 #: 50–75% of the time, the t interval keeps its level: docs/THEORY.md §12)
 BOOTSTRAP_MIN_SEEDS = 10
-#: what a preset may expect of its metrics as depth grows (THEORY §12): the limit is 0 (one-layer
-#: blocks, transformers with one-layer MLPs, two-layer blocks with λ/L) or a floor > 0 (two-layer
-#: blocks at constant λ)
-EXPECTATIONS = ("zero", "floor")
 #: floor on the half-width of the slope and curvature intervals, relative to (1 + max|log v|)
 #: divided by the half-range h of log L (h² for the curvature): round-off in those coefficients
 #: measured ≤ 5e-15 on that scale, so an exact power law fitted in floating point never reports a

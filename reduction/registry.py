@@ -74,6 +74,7 @@ for _m in (
     Metric("nc3", r"NC3  1 − mean cos$(h_i, w_{y_i})$", fitted=True, short="NC3"),
     Metric("nc3_papyan", "NC3 (Papyan)"),
     Metric("nc3_ufm", "NC3  (vs UFM optimum)", fitted=True),
+    Metric("self_duality", r"self-duality $\|WM^\top/\|WM^\top\| - P_K/\sqrt{K-1}\|$"),
     Metric("nc4", "NC4  (1 − NCM agreement)"),
     Metric("procrustes_groups", "contexts: Procrustes distance to optimum", fitted=True),
     Metric("gram_distance_groups", "contexts: Gram distance to optimum", fitted=True),

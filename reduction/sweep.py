@@ -35,7 +35,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,45 +69,24 @@ from deepnet.train import check_threads
 from reduction.distance import distance_to_optimum, group_distance
 from reduction.metrics import collapse_metrics
 from reduction.presets import Preset, get_preset
+from reduction.results import (  # torch-free (report reads them)
+    SweepResult,
+    read_row,
+)
 
 #: the 2×-budget rerun passes when J moves by at most this fraction (of J_2x) and the rerun
 #: is itself converged by its own criteria (THEORY §9)
 BUDGET_TOL = 0.01
 
+#: the 2× reruns' budgets differ per unit (twice what each 1× run used): not in their fingerprint
+BUDGET_FREE = ("epochs",)
 #: RunConfig fields a sweep sets per unit (not allowed as overrides)
 _UNIT_FIELDS = ("depth", "seed", "init_from")
 #: a unit whose worker process died this many times (killed by a signal, e.g. out of memory) is
 #: recorded as failed for good instead of being retried on every restart
 MAX_WORKER_DEATHS = 2
-#: keys every row has; a row.json without them (cut short, edited) is unfinished and redone
-ROW_KEYS = ("depth", "seed", "status", "run_dir", "config")
-#: keys every finished ("ok") row has: what the certificates, rates and tables read
-OK_ROW_KEYS = (
-    "arch", "dataset", "lam", "objective", "fit", "ufm_value", "objective_gap", "grad_norm",
-    "converged", "nc1", "nc3",
-)  # fmt: skip
-STATUSES = ("ok", "diverged", "failed")
 
 log = logging.getLogger("deepcollapse")
-
-
-@dataclass
-class SweepResult:
-    """What a sweep produced: one row per run, the per-depth summary, the rates and the files."""
-
-    out_dir: Path
-    preset: Preset
-    rows: list[dict[str, Any]]
-    summary: list[dict[str, Any]]
-    rates: list[dict[str, Any]]
-    budget_checks: list[dict[str, Any]] = field(default_factory=list)
-    monotone: dict[str, Any] = field(default_factory=dict)
-    verdict: dict[str, Any] = field(default_factory=dict)
-    paths: dict[str, Path] = field(default_factory=dict)
-    trained: int = 0  # units trained (not skipped) in this call
-    fingerprint: str = ""  # of the settings every row in ``rows`` was made with
-    excluded: list[dict[str, Any]] = field(default_factory=list)  # rows of other settings
-    written: bool = True  # False: report wrote nothing (a read-only folder)
 
 
 @dataclass(frozen=True)
@@ -118,9 +97,12 @@ class SweepIdentity:
     fields: dict[str, Any]
     per_seed: bool  # each seed draws its own data subset
     continuation: bool  # init="continuation": the depths of a seed form a chain
+    #: further fields that may differ between the units (the 2× reruns' budgets do)
+    free: tuple[str, ...] = ()
 
     def fields_of(self, config: RunConfig) -> dict[str, Any]:
-        return fingerprint_fields(config, per_seed=self.per_seed, continuation=self.continuation)
+        fields = fingerprint_fields(config, per_seed=self.per_seed, continuation=self.continuation)
+        return {k: v for k, v in fields.items() if k not in self.free}
 
     def fingerprint_of(self, config: RunConfig) -> str:
         """The fingerprint of one unit's config, seen as a unit of a sweep like this one."""
@@ -131,19 +113,33 @@ class SweepIdentity:
         ``unfinished``: a schedule-free run stopped short of this sweep's budget is one of its
         units (resuming it with the larger budget continues it, as deepnet.train allows)."""
         theirs = self.fields_of(config)
-        if unfinished and config.schedule_free and theirs.get("epochs") != self.fields["epochs"]:
+        if (
+            unfinished
+            and config.schedule_free
+            and "epochs" in theirs
+            and theirs.get("epochs") != self.fields["epochs"]
+        ):
             if int(theirs["epochs"]) <= int(self.fields["epochs"]):
                 theirs = {**theirs, "epochs": self.fields["epochs"]}
         return fingerprint_diff(self.fields, theirs) if theirs != self.fields else ""
 
 
-def sweep_identity(preset: Preset, overrides: Mapping[str, Any]) -> SweepIdentity:
+def _free(preset: Preset) -> tuple[str, ...]:
+    """The fields a sweep's units may differ in beyond depth and seed: the budgets of the 2×
+    reruns (each twice what its own 1× run used)."""
+    return BUDGET_FREE if preset.name.endswith("-budget2x") else ()
+
+
+def sweep_identity(
+    preset: Preset, overrides: Mapping[str, Any], free: tuple[str, ...] = ()
+) -> SweepIdentity:
     """The fingerprint of a sweep: that of its units' resolved RunConfig (preset + overrides)
     minus the per-unit and resume-free fields (THEORY-free bookkeeping, see
-    :func:`deepnet.config.fingerprint_fields`). Every unit of the sweep has this fingerprint."""
+    :func:`deepnet.config.fingerprint_fields`) and ``free``. Every unit of the sweep has this
+    fingerprint."""
     merged = {**preset.config, **overrides}
     ident = SweepIdentity("", {}, merged.get("data_seed", 0) == "per_seed",
-                          merged.get("init") == "continuation")  # fmt: skip
+                          merged.get("init") == "continuation", tuple(free))  # fmt: skip
     config = make_run_config(
         preset, max(preset.depths), preset.seeds[0], overrides, init_from="<shallower run>"
     )
@@ -366,27 +362,6 @@ def run_dir_of(out_dir: Path, depth: int, seed: int) -> Path:
     return out_dir / "runs" / f"L{depth}-s{seed}"
 
 
-def read_row(run_dir: Path) -> dict[str, Any] | None:
-    """The unit's row, or None when it is unfinished: no row, or one that is not a complete row
-    of this folder (corrupt, cut short, missing keys, another folder's): it is redone."""
-    path = run_dir / "row.json"
-    if not path.exists():
-        return None
-    try:
-        row = json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
-        return None  # a corrupt row is treated as unfinished and redone
-    if not isinstance(row, dict) or not set(ROW_KEYS) <= set(row):
-        return None
-    if row["status"] not in STATUSES or not isinstance(row["config"], dict):
-        return None
-    if f"L{row['depth']}-s{row['seed']}" != run_dir.name:
-        return None
-    if row["status"] == "ok" and not set(OK_ROW_KEYS) <= set(row):
-        return None
-    return row
-
-
 def _final(row: Mapping[str, Any]) -> bool:
     """Whether a finished unit stays as it is: ok and diverged rows (deterministic), and failed
     units whose worker process died MAX_WORKER_DEATHS times; other failures are retried."""
@@ -480,7 +455,7 @@ def run_unit(
         preset, depth, seed, overrides, None if init_from is None else str(init_from)
     )
     row = _base_row(preset, config, data)
-    row["fingerprint"] = sweep_identity(preset, overrides).fingerprint
+    row["fingerprint"] = sweep_identity(preset, overrides, _free(preset)).fingerprint
     hook = collapse_hook(data)
     try:
         _mark_running(run_dir)  # how the driver tells which unit a dead worker was running
@@ -526,7 +501,7 @@ def record_worker_death(
     base = out / "budget2x" if folder.startswith("budget2x/") else out
     if base != out:
         preset = replace(preset, name=preset.name + "-budget2x")
-        overrides = _budget_overrides(preset, overrides)
+        overrides = {**overrides, "until_converged": False}
     depth, seed = (int(x[1:]) for x in run_dir.name.split("-"))
     deaths_file = run_dir / "worker_deaths.json"
     try:
@@ -548,7 +523,7 @@ def record_worker_death(
         "status": "failed",
         "error": f"worker process died while training this unit: {cause}; {note}",
         "worker_deaths": count,
-        "fingerprint": sweep_identity(preset, overrides).fingerprint,
+        "fingerprint": sweep_identity(preset, overrides, _free(preset)).fingerprint,
         "run_dir": str(run_dir.relative_to(base)),
         "config": config.to_dict(),
     }
@@ -862,7 +837,9 @@ def run_sweep(
     validate_sweep(preset, overrides, local=backend != "ray")
     identity = sweep_identity(preset, overrides)
     budget_identity = sweep_identity(
-        replace(preset, name=preset.name + "-budget2x"), _budget_overrides(preset, overrides)
+        replace(preset, name=preset.name + "-budget2x"),
+        {**overrides, "until_converged": False},
+        free=BUDGET_FREE,
     )
     batched = _want_batched(preset, overrides, batch_seeds)
     executor = make_executor(backend, 1 if batched else workers, address, gpus_per_unit)

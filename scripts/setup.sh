@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Idempotent set-up on a fresh machine: Debian data packages (where apt-get exists), a virtual
-# environment in .venv, and the package with its test extra. A second run only checks and returns.
+# Idempotent set-up on a fresh machine: Debian data packages (where apt-get exists, after asking),
+# a virtual environment in .venv, and the package with every extra and the test tools
+# (pip install -e '.[all,test]'). A second run only checks and returns.
+#
+# apt-get runs only with consent: DEEPCOLLAPSE_ASSUME_YES=1 says yes (scripts/test.sh and CI set
+# it), DEEPCOLLAPSE_ASSUME_YES=0 says no; otherwise setup asks when stdin is a terminal and skips
+# the Debian packages (saying how to add them) when it is not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,8 +19,22 @@ missing=()
 for p in "${DEB_PKGS[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+consent() {
+    case "${DEEPCOLLAPSE_ASSUME_YES:-}" in
+        1|y|yes|true) return 0 ;;
+        0|n|no|false) return 1 ;;
+    esac
+    if [ -t 0 ]; then
+        read -r -p "setup: install the Debian data packages ${missing[*]} with apt-get (sudo)? [y/N] " answer
+        case "$answer" in [yY]*) return 0 ;; esac
+        return 1
+    fi
+    return 1
+}
 if ((${#missing[@]})); then
-    if command -v apt-get >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && ! consent; then
+        echo "setup: skipping the Debian data packages ${missing[*]} (the fashion-mnist and wordnet datasets will be unavailable; their tests skip); to add them: DEEPCOLLAPSE_ASSUME_YES=1 bash scripts/setup.sh"
+    elif command -v apt-get >/dev/null 2>&1; then
         SUDO=""
         if [ "$(id -u)" != 0 ]; then
             if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
@@ -47,9 +66,9 @@ echo "setup: installing Python packages into $VENV (first run takes a few minute
 # pull a multi-GB CUDA build. The package itself only asks torch>=2.1.
 "$VENV/bin/python" -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
 # PYTHONWARNINGS reaches the build backend: no setuptools warning boxes in the install log
-PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q -e ".[test]" "torch==2.13.0" 2>&1 \
+PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q -e ".[all,test]" "torch==2.13.0" 2>&1 \
     | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -c "import torch, ufm, deepnet, reduction" \
+"$VENV/bin/python" -c "import torch, cvxpy, matplotlib, pandas, deepcollapse, ufm, deepnet, reduction" \
     || { echo "setup: FAILED: the package does not import after installation"; exit 1; }
 echo "$want" > "$STAMP"
 echo "setup: done"

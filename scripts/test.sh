@@ -3,6 +3,8 @@
 # anything fails, including pytest's "no tests ran" (exit 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# non-interactive: the set-up installs the Debian data packages without asking (CI never blocks)
+export DEEPCOLLAPSE_ASSUME_YES="${DEEPCOLLAPSE_ASSUME_YES:-1}"
 bash scripts/setup.sh
 export MPLBACKEND=Agg DEEPCOLLAPSE_SMOKE=1
 .venv/bin/ruff check .

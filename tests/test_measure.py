@@ -75,18 +75,39 @@ def test_measure_npz_and_table(tmp_path):
     assert res["file"] == str(path) and res["ufm_bias"] == "free"
     for k, v in want.items():
         assert same(res[k], v), k
-    code, text = run([str(path), "--lam", "0.01"])
+    code, text = run([str(path), "--lam", "0.01", "--all"])
     assert code == 0
     lines = text.splitlines()
     assert lines[0].startswith(f"{path}: N = 20, K = 4, d = 8")
-    rows = [ln for ln in lines if ln.startswith("  ")]
+    rows = [ln for ln in lines if ln.startswith("  ") and ln.split()[0] != "value"]
     table = {ln.split()[0]: ln.split()[1] for ln in rows}
-    for key in ("nc1", "nc2", "nc3", "nc4", "gap", "rel_gap", "nc2_ufm", "nc3_ufm", "feasible"):
+    for key in ("nc1", "nc2", "nc3", "nc4", "gap", "rel_gap", "nc2_ufm", "nc3_ufm", "feasible",
+                "self_duality"):
         assert key in table, key
     assert float(table["gap"]) == pytest.approx(res["gap"], rel=1e-5)
     # aligned: every value starts in the same column
     starts = {len(ln) - len(ln.lstrip()[len(ln.split()[0]) :].lstrip()) for ln in rows}
     assert len(starts) == 1
+
+
+def test_the_table_leads_with_the_headline_numbers_their_meaning_and_direction(tmp_path):
+    sol, H, y = near_optimum(CE)
+    path = tmp_path / "feats.npz"
+    np.savez(path, features=H, labels=y, W=sol.W)
+    code, text = run([str(path), "--lam", "0.01"])
+    assert code == 0
+    rows = [ln.split(None, 3) for ln in text.splitlines() if ln.startswith("  ")]
+    head, body = rows[0], rows[1:]
+    assert head == ["value", "better", "meaning"]
+    # the headline, in order, each with its direction; nothing else without --all
+    assert [r[0] for r in body] == ["gap", "rel_gap", "nc1", "nc2_ufm", "nc3_ufm", "nc4",
+                                    "w_norm_ratio"]
+    assert [r[2] for r in body] == ["lower"] * 6 + ["→"]
+    res = measure_npz(path, lam=0.01)
+    assert float(body[0][1]) == pytest.approx(res["gap"], rel=1e-5)
+    assert "SGD" in text and "AdamW" in text and "--all" in text
+    assert "procrustes_W" not in text and "procrustes_W" in run([str(path), "--lam", "0.01",
+                                                                 "--all"])[1]
 
 
 def test_json_output_and_the_mse_orthogonal_frame(tmp_path):
@@ -97,11 +118,25 @@ def test_json_output_and_the_mse_orthogonal_frame(tmp_path):
     np.savez(path, features=H, labels=y, W=sol.W)
     code, text = run([str(path), "--lam", "0.01", "--loss", "mse", "--json"])
     assert code == 0
-    res = json.loads(text)
-    assert res == json.loads(json.dumps(measure_npz(path, lam=0.01, loss="mse")))
+    res = json.loads(text, parse_constant=_no_constants)  # strict: NaN would raise
+    assert res.pop("schema_version") == 1
+    assert res == json.loads(json.dumps(measure_npz(path, lam=0.01, loss="mse")).replace(
+        "NaN", "null"))
     assert res["optimum_geometry"] == "orthogonal_frame" and res["ufm_loss"] == "mse"
     assert abs(res["gap"]) < 1e-9 and res["nc2_ufm"] < 1e-8 and res["nc3_ufm"] < 1e-8
     assert res["nc2"] == pytest.approx(math.sqrt(2 - 2 * math.sqrt(3 / 4)), rel=1e-9)
+
+
+def _no_constants(name):
+    raise ValueError(f"not strict JSON: {name}")
+
+
+def test_tiny_features_give_an_answer_not_a_math_domain_error(tmp_path):
+    sol, H, y = near_optimum(CE)
+    res = measure_features(H * 1e-300, y, sol.W, lam=0.01)
+    # radius ~1e-300: the logits vanish, so the optimum is log K with W = 0
+    assert res["optimum_value"] == pytest.approx(math.log(4), rel=1e-12)
+    assert res["gap"] >= 0 and math.isfinite(res["gap"])
 
 
 def _bad_files(tmp_path):

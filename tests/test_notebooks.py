@@ -1,11 +1,14 @@
-"""The notebooks execute top to bottom (smoke setting), are stored without outputs, and every cell
-that draws a figure shows it (an image/png output after execution)."""
+"""The notebooks execute top to bottom (smoke setting), are stored with the outputs of such a run
+(scripts/run_notebooks.py), write only under their own folder, and every cell that draws a figure
+shows it (an image/png output after execution, no wider than a README can show)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -44,10 +47,50 @@ def test_the_numbered_notebooks_exist_in_order():
     assert len({n[:2] for n in names}) == len(names)
 
 
+def _png_size(data: str) -> tuple[int, int]:
+    raw = base64.b64decode(data)
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", raw[16:24])
+
+
+def _text(output: dict) -> str:
+    text = output.get("text", "")
+    plain = output.get("data", {}).get("text/plain", "")
+    return "".join(text) + "".join(plain)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_outputs_are_stripped(path: Path):
-    for cell in _cells(path):
-        assert cell["outputs"] == [] and cell["execution_count"] is None
+def test_outputs_are_stored_from_a_smoke_run(path: Path):
+    """A reader online sees what a run printed and drew: every code cell ran, in order, without
+    an error or a warning, in smoke mode; every figure is an image no wider than 1400 px; no
+    output shows a path of the machine that ran it."""
+    cells = _cells(path)
+    assert [c["execution_count"] for c in cells] == list(range(1, len(cells) + 1))
+    outputs = [o for c in cells for o in c["outputs"]]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert "smoke mode" in "".join(_text(o) for o in cells[0]["outputs"])
+    text = "\n".join(_text(o) for o in outputs)
+    for bad in ("/work/", "/tmp/", "/home/", "Traceback", "Warning:"):
+        assert bad not in text, f"{path.name}: output shows {bad!r}"
+    for i, cell in enumerate(cells):
+        images = [o["data"]["image/png"] for o in cell["outputs"]
+                  if "image/png" in o.get("data", {})]
+        assert bool(images) == _tagged(cell), f"code cell {i}"
+        for png in images:
+            width, height = _png_size(png)
+            assert width <= 1400 and height <= 1400, (path.name, i, width, height)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_full_mode_is_opt_in_and_writes_stay_in_the_notebook_folder(path: Path):
+    nb = json.loads(path.read_text())
+    source = "\n".join(_source(c) for c in nb["cells"] if c["cell_type"] == "code")
+    assert 'os.environ.get("DEEPCOLLAPSE_FULL") == "1"' in source
+    assert "../" not in source  # nothing outside notebooks/
+    if "RESULTS" in source:
+        assert 'os.environ.get("DEEPCOLLAPSE_RESULTS", "results")' in source
+    intro = "".join(nb["cells"][0]["source"])
+    assert "DEEPCOLLAPSE_FULL=1" in intro and re.search(r"minute", intro), path.name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

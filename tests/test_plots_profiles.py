@@ -158,3 +158,40 @@ def test_plot_depth_survives_a_metric_without_positive_values(tmp_path):
     fig.savefig(tmp_path / "f.png")  # raised "Data cannot be log-scaled" before
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "no finite positive values" in texts and fig.axes[1].get_yscale() == "log"
+
+
+def test_depth_figure_reads_in_a_readme_one_legend_plain_ticks(tmp_path):
+    """Four metrics: a 2×2 grid no wider than 1400 px at the sweep's 150 dpi, one legend for the
+    figure (no panel repeats it over the baseline), the slope in each panel's title, and tick
+    labels that are plain numbers (no minor-tick labels)."""
+    rows = depth_rows()
+    rows = [{**r, "nc2": r["nc1"] / 3, "nc3": r["nc1"] / 5, "gap": r["nc1"] * 0.01} for r in rows]
+    fig = plot_depth(rows, ("nc1", "nc2", "nc3", "gap"))
+    assert len(fig.axes) == 4
+    fig.savefig(tmp_path / "f.png", dpi=150, bbox_inches="tight")
+    from matplotlib.image import imread
+
+    height, width = imread(tmp_path / "f.png").shape[:2]
+    assert width <= 1400 and height < width * 1.2
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend.count(BASELINE_LABEL) == 1 and "mean over seeds" in legend
+    assert not any(t.startswith("slope") for t in legend)
+    for ax, m in zip(fig.axes, ("nc1", "nc2", "nc3", "gap")):
+        entry = rate_table(rows, [m])[0]
+        assert f"slope {entry['slope']:+.2f}" in ax.get_title()
+        major = [t.get_text() for t in ax.yaxis.get_ticklabels(which="major") if t.get_text()]
+        minor = [t.get_text() for t in ax.yaxis.get_ticklabels(which="minor") if t.get_text()]
+        assert major and not minor
+        for text in major:
+            float(text)  # "0.1", "2", "1e-05": a plain number, no mathtext
+            assert "$" not in text and "times" not in text
+
+
+def test_history_axis_says_lbfgs_iteration_when_told_and_one_legend():
+    rows = [{"epoch": e, "split": s, "nc1": 1.0 / (1 + e)} for e in (0, 10, 20)
+            for s in ("train", "test")]
+    fig = plot_history(rows, ("nc1",), xlabel="L-BFGS iteration")
+    assert fig.axes[0].get_xlabel() == "L-BFGS iteration"
+    assert fig.axes[0].get_legend() is None
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["train", "test"]

@@ -2,7 +2,8 @@
 
 `Problem` states a UFM (loss, classes, samples per class, width, regularisation, feature
 constraint, identical inputs); `solve` returns its global optimum (closed form of THEORY §4/§11
-where one exists, else a multi-start float64 solver); `certify` lower-bounds the optimum by a
+where one exists, else a multi-start float64 solver, whose `Solution.status` says whether the
+optimum is certified global); `certify` lower-bounds the optimum by a
 convex program or its dual (THEORY §5). The generalised UFM of language modelling (THEORY §11):
 `context_counts` groups identical contexts, `Problem.from_label_counts` builds the problem and
 `gufm_geometry` measures how far its optimum is from collapse.
@@ -18,7 +19,7 @@ from .closed_form import ClosedFormUnavailable, closed_form, closed_form_reason
 from .gufm import GUFMGeometry, context_counts, gufm_geometry
 from .problem import Points, Problem, evaluate
 from .solution import Solution, classify_geometry
-from .solver import solve, solve_numerical
+from .solver import UncertifiedOptimumWarning, solve, solve_numerical
 
 try:
     __version__ = version("deepcollapse")
@@ -32,6 +33,7 @@ __all__ = [
     "Points",
     "Problem",
     "Solution",
+    "UncertifiedOptimumWarning",
     "__version__",
     "certify",
     "classify_geometry",

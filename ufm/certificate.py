@@ -180,7 +180,8 @@ def certify(
     thousands of points), or "auto": the SDP while its PSD block K + P ≤ AUTO_SDP_MAX, else the
     dual — and then also the SDP if the dual does not certify and the SDP is estimated to take
     at most AUTO_SDP_BUDGET_S, keeping the higher bound; always the SDP when ``solver`` is
-    given.
+    given. The SDP needs cvxpy (``pip install 'deepcollapse[certify]'``); without it "auto"
+    uses the dual bound and "sdp" raises one line naming the extra.
     ``solver``: "CLARABEL", "SCS" or None (automatic by size), for the SDP.
     ``progress``: True (lines on stderr), a callable taking a line, or None: before solving it
     gets the size and a size-based time estimate, afterwards the elapsed time.
@@ -223,7 +224,7 @@ def certify(
         return run_dual()
     # auto: the SDP for small blocks, else the dual; if that does not certify, the other one
     # too when affordable (the dual always is), keeping the higher valid bound
-    if n <= AUTO_SDP_MAX:
+    if n <= AUTO_SDP_MAX and _have_cvxpy():
         try:
             first = run_sdp()
         except RuntimeError:  # the solver failed (e.g. values of 1e-196): the dual needs none
@@ -233,7 +234,7 @@ def certify(
     if first.certified:
         return first
     if first.solver == "DUAL":
-        if estimate_seconds(sdp_name, n) > AUTO_SDP_BUDGET_S:
+        if estimate_seconds(sdp_name, n) > AUTO_SDP_BUDGET_S or not _have_cvxpy():
             return first
         try:
             second = run_sdp()
@@ -243,6 +244,13 @@ def certify(
         second = run_dual()
     valid = [c for c in (first, second) if c.valid]
     return max(valid, key=lambda c: c.lower_bound) if valid else first
+
+
+def _have_cvxpy() -> bool:
+    """Is the SDP solver installed (the [certify] extra)? Without it "auto" uses the dual."""
+    import importlib.util
+
+    return importlib.util.find_spec("cvxpy") is not None
 
 
 def _run(report: Callable[[str], None] | None, what: str, level: str, P: int, est: float,
@@ -270,7 +278,9 @@ def _certify_sdp(
     solution: Solution, pts: Points, level: str, name: str, tolerance: float,
     solver_eps: float, verbose: bool,
 ) -> Certificate:
-    import cvxpy as cp  # heavy (≈1 s): only when a certificate is computed
+    from deepcollapse.output import require
+
+    cp = require("cvxpy", "certify", "ufm.certify's SDP (method='dual' needs no solver)")
 
     p = solution.problem
     K, P = p.K, pts.P

@@ -30,6 +30,7 @@ Standard UFM, c = √(nλ_Wλ_H), γ = √(nλ_H/λ_W) (so h_k = w_k/γ):
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 from scipy.optimize import brentq
@@ -100,8 +101,9 @@ def ce_layernorm_u(K: int, r: float, lam: float) -> float:
     def F(u: float) -> float:
         return math.log(u) + u + math.log1p((K - 1) * math.exp(-u)) - L
 
-    def G(t: float) -> float:
-        return F(math.exp(t))
+    def G(t: float) -> float:  # F(e^t) with log u = t exactly: no log(0) when e^t underflows
+        u = math.exp(t)
+        return t + u + math.log1p((K - 1) * math.exp(-u)) - L
 
     t_hi = L - logk
     if L >= 1:
@@ -110,6 +112,8 @@ def ce_layernorm_u(K: int, r: float, lam: float) -> float:
     # G' ≥ 1, so widening by 1 on each side gives a sign margin of 1 against rounding
     t = brentq(G, t_lo - 1.0, t_hi + 1.0, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=400)
     u = math.exp(t)
+    if u < sys.float_info.min:  # ρ below float64's range (r = 1e-300): u* = ρ/K underflows
+        return u
     for _ in range(2):  # Newton on F(u) = 0 (F' = 1/u + 1/(1 + (K−1)e^{−u}) > 0)
         du = F(u) / (1.0 / u + 1.0 / (1.0 + (K - 1) * math.exp(-u)))
         if not math.isfinite(du):
@@ -400,6 +404,7 @@ def _solution(
     return Solution(
         problem=p, W=W, H_points=Hp, b=bvec, value=fit + pen, fit=fit, penalty=pen,
         geometry=geometry, method="closed_form", points=p.points, info=info,
+        status="closed_form", lower_bound=fit + pen,
     )
 
 

@@ -199,6 +199,17 @@ class Problem:
             )
         if not isinstance(self.centered, bool):
             raise ValueError(f"centered must be a bool, got {self.centered!r}")
+        # Python floats (float64) whatever was given: a float32 λ must not make the solution's
+        # value, W or H float32 (numpy keeps the narrower type of a float32 scalar times arrays)
+        for name in ("lam_W", "lam_H", "lam_b"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(
+                value, (int, float, np.integer, np.floating)
+            ):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.radius is not None:
+            object.__setattr__(self, "radius", float(self.radius))
         if self.groups is not None:
             object.__setattr__(self, "groups", self._validate_groups(self.groups))
 

@@ -16,6 +16,12 @@ class Solution:
     ``W`` (K×width), ``H_points`` (width×P, one feature per point of ``points``), ``b`` (K,) or
     None; ``H`` (width×N, samples class-major) is expanded from the points on access.
     ``value = fit + penalty``. ``method`` is "closed_form" or "numerical".
+
+    ``status`` says whether the value is known to be the global optimum: "closed_form" (a
+    theorem, THEORY §4/§11), "certified" (the dual bound ``lower_bound`` is within a relative
+    1e-6 of ``value``, THEORY §5), "not_certified" (the best of several starts; the relaxation is
+    not tight, so no bound proves it global) or "unknown" (not checked). ``certified`` is True
+    for the first two.
     """
 
     problem: Problem
@@ -29,6 +35,13 @@ class Solution:
     method: str
     points: Points
     info: dict = field(default_factory=dict)
+    status: str = "unknown"
+    lower_bound: float | None = None
+
+    @property
+    def certified(self) -> bool:
+        """Global optimality is proven (closed form, or a dual bound within 1e-6)."""
+        return self.status in ("closed_form", "certified")
 
     @property
     def H(self) -> np.ndarray:
@@ -46,7 +59,8 @@ class Solution:
         M = self.class_means
         return {
             "value": self.value, "fit": self.fit, "penalty": self.penalty,
-            "geometry": self.geometry, "method": self.method,
+            "geometry": self.geometry, "method": self.method, "status": self.status,
+            "lower_bound": self.lower_bound,
             "norm_W": float(np.linalg.norm(self.W)),
             "mean_row_norm_W": float(np.mean(np.linalg.norm(self.W, axis=1))),
             # over classes with samples (a label-count problem may have empty ones)

@@ -25,7 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
@@ -35,6 +39,7 @@ from .closed_form import (
     ce_layernorm_s,
     closed_form,
     closed_form_reason,
+    helmert,
     reference_value,
 )
 from .problem import Points, Problem, ce_fit_grad, check_finite, evaluate
@@ -146,7 +151,8 @@ class _Objective:
         return np.concatenate(parts)
 
 
-def _lbfgs(obj: _Objective, x0: np.ndarray, gtol: float, max_iter: int, maxcor: int) -> tuple:
+def _lbfgs(obj: _Objective, x0: np.ndarray, gtol: float, max_iter: int, maxcor: int,
+           tick: Callable[[int, float], None] | None = None) -> tuple:
     """L-BFGS on log J (J > 0 always: a CE or MSE fit plus penalties), returning J itself.
 
     log J is scale-free: a random start can sit 200 orders of magnitude above the optimum
@@ -164,12 +170,74 @@ def _lbfgs(obj: _Objective, x0: np.ndarray, gtol: float, max_iter: int, maxcor: 
                 return math.inf, np.zeros_like(x)
         return math.log(f), g / f
 
+    callback = None
+    if tick is not None:
+        count = [0]
+
+        def callback(intermediate_result: Any) -> None:
+            count[0] += 1
+            tick(count[0], math.exp(float(intermediate_result.fun)))
+
     res = minimize(
-        log_obj, x0, jac=True, method="L-BFGS-B",
+        log_obj, x0, jac=True, method="L-BFGS-B", callback=callback,
         options={"maxiter": max_iter, "maxfun": 2 * max_iter, "gtol": gtol, "ftol": 1e-16,
                  "maxcor": maxcor},
     )
     return res.x, float(math.exp(res.fun)), int(res.nit)
+
+
+#: relative tolerance within which two starts count as reaching the same (best) value
+SAME_VALUE_RTOL = 1e-9
+#: the most starts the solver runs when the optimum is not certified (see `solve_numerical`)
+MAX_STARTS = 64
+#: tolerance on the dual bound's relative gap for "certified"
+CERTIFY_RTOL = 1e-6
+#: extra starts stop once this many starts reached the best value
+MIN_HITS = 5
+#: extra starts take at most 8× the first round's time and at most this many seconds
+EXTRA_BUDGET_S = 20.0
+#: the descent start re-optimises at most this many intermediate widths
+DESCENT_STEPS = 8
+#: starts from the relaxation only while the lifted problem has at most this many times the
+#: variables of the problem (plus LIFT_MAX_EXTRA)
+LIFT_MAX_RATIO = 4
+LIFT_MAX_EXTRA = 20_000
+
+
+class UncertifiedOptimumWarning(UserWarning):
+    """`solve` returned the best point it found but could not certify it as the global optimum
+    (the convex relaxation is not tight at this width, THEORY §5)."""
+
+
+Progress = Callable[[str], None] | bool | None
+
+
+class _Reporter:
+    """Progress lines for long solves: silent for the first ``quiet_s`` seconds, then a line at
+    most every ``every_s`` seconds (growing to 6·every_s after a minute) and at each finished
+    start, so a solve of minutes is never silent and one of milliseconds never speaks."""
+
+    def __init__(self, progress: Progress, quiet_s: float = 2.0, every_s: float = 10.0) -> None:
+        if progress is True:
+            self.emit: Callable[[str], None] | None = lambda line: print(
+                line, file=sys.stderr, flush=True)
+        elif callable(progress):
+            self.emit = progress
+        else:
+            self.emit = None
+        self.t0 = time.perf_counter()
+        self.last = -math.inf
+        self.quiet_s, self.every_s = quiet_s, every_s
+
+    def __call__(self, line: str, force: bool = False) -> None:
+        if self.emit is None:
+            return
+        now = time.perf_counter()
+        every = min(6 * self.every_s, max(self.every_s, (now - self.t0) / 6))  # 10 s → 1 min
+        if now - self.t0 < self.quiet_s or (not force and now - self.last < every):
+            return
+        self.last = now
+        self.emit(f"ufm solve: {line} ({now - self.t0:.0f} s elapsed)")
 
 
 def solve_numerical(
@@ -179,17 +247,67 @@ def solve_numerical(
     gtol: float = 1e-12,
     max_iter: int = 20000,
     points: Points | None = None,
+    *,
+    max_starts: int = MAX_STARTS,
+    certify: bool = True,
+    progress: Progress = None,
 ) -> Solution:
     """Multi-start L-BFGS (seeded, float64), polish the best start, return the best found.
 
-    For free features the all-zero start (W = H = 0, the optimum past the threshold Kc ≥ 1) is
-    always one of the candidates, so near thresholds the zero solution is compared too.
+    Starts: ``n_starts`` random ones; for free features also the all-zero point (the optimum
+    past the threshold Kc ≥ 1). When the width is below the rank the optimum may need
+    (d' < min(K, P): the convex relaxation need not be tight, THEORY §5), also starts from the
+    relaxation, i.e. the same problem solved at the lifted width min(K, P) (+1 when centred),
+    where it is tight:
+    - "relaxation": its top d' principal directions (free features: the weighted SVD
+      Z D^{1/2} = U S Vᵀ of the logits, W = U_d S_d^{1/2}, H = S_d^{1/2} V_dᵀ D^{−1/2};
+      LayerNorm: the top-d' principal subspace of the features, renormalised onto the sphere);
+    - "descent": the same truncation one step at a time, re-optimised at up to DESCENT_STEPS
+      intermediate widths;
+    - "projection" (``n_starts`` of them): random d'-dimensional projections of it.
+
+    ``certify``: bound the value from below by the dual bound of THEORY §5 (no solver needed) at
+    the best point and at the relaxation's solution, and keep the higher. ``status`` is
+    "certified" when value − bound ≤ CERTIFY_RTOL·|value|. Otherwise the solver adds starts
+    (random ones and projections) until MIN_HITS starts reached the best value, ``max_starts``
+    ran, or min(8 × the first round's time, EXTRA_BUDGET_S) is spent; it returns the best point
+    with ``status`` "not_certified", ``lower_bound`` the bound, and warns
+    (:class:`UncertifiedOptimumWarning`). ``info`` records each start's kind and value,
+    ``best_hits`` (starts that reached the best value), ``relaxation_rank``.
+    ``progress``: True (lines on stderr), a callable taking a line, or None; lines appear once
+    a solve has run for 2 s, then every 10 s (every minute after six) and after each start.
     """
     if n_starts < 1:
         raise ValueError(f"n_starts must be >= 1, got {n_starts}")
+    if max_starts < n_starts:
+        max_starts = n_starts
     with single_thread_blas():
-        return _solve_numerical(problem, seed, n_starts, gtol, max_iter,
-                                points if points is not None else problem.points)
+        sol = _solve_numerical(problem, seed, n_starts, gtol, max_iter,
+                               points if points is not None else problem.points, max_starts,
+                               certify, _Reporter(progress))
+    if sol.status == "not_certified":
+        info = sol.info
+        rank = info.get("relaxation_rank")
+        lower = info.get("lower_bound")
+        if lower is None:
+            why = "no finite lower bound could be formed (values at the edge of float64)"
+        elif rank is not None and rank > problem.d_eff:
+            why = (f"the relaxation's optimum has rank {rank} > {problem.d_eff}, what width "
+                   f"{problem.width} allows, so the relaxation is not tight")
+        else:
+            why = "the dual bound is not tight"
+        bound = "" if lower is None else f", lower bound {lower:.10g}"
+        warnings.warn(
+            f"ufm.solve: global optimality is not certified ({_describe(problem)}): value "
+            f"{sol.value:.10g}{bound}; {why}. Best of "
+            f"{len(info['start_values'])} starts, reached by {info['best_hits']}; "
+            "Solution.status says so.", UncertifiedOptimumWarning, stacklevel=3)
+    return sol
+
+
+def _describe(p: Problem) -> str:
+    return (f"{p.loss}, {p.features} features, K = {p.K}, width {p.width}, "
+            f"{'balanced' if p.balanced else 'imbalanced'}")
 
 
 def _scales(problem: Problem) -> tuple[float, float, float]:
@@ -204,8 +322,151 @@ def _scales(problem: Problem) -> tuple[float, float, float]:
     return ref, s, bscale
 
 
+def _lift_width(problem: Problem, pts: Points) -> int | None:
+    """The width at which the relaxation is tight, when the problem's is too small: rank Z ≤
+    min(K, P) (free), rank Q ≤ min(K, P) (LayerNorm, features in W's row space); None when
+    d' ≥ that rank already, or when the lifted problem has more than LIFT_MAX_RATIO times the
+    variables (plus LIFT_MAX_EXTRA) of the problem itself."""
+    need = min(problem.K, pts.P)
+    if problem.features == "free":
+        lift = need if problem.width < need else None
+    else:
+        lift = None if problem.d_eff >= need else need + (1 if problem.centered else 0)
+    if lift is not None and _size(problem.K, lift, pts.P) > LIFT_MAX_RATIO * _size(
+            problem.K, problem.width, pts.P) + LIFT_MAX_EXTRA:
+        return None  # too large to solve in passing (K = 1000 at width 64): random starts only
+    return lift
+
+
+def _size(K: int, d: int, P: int) -> int:
+    return d * (K + P)
+
+
+def _truncated_start(
+    problem: Problem, pts: Points, obj: _Objective, lifted: Solution
+) -> np.ndarray:
+    """A start at ``problem``'s width from a solution at a larger width (problem units): the
+    top principal directions, as in `solve_numerical`'s docstring."""
+    d, m = problem.width, pts.mult
+    W, Hp, b = lifted.W, lifted.H_points, lifted.b
+    if problem.features == "free":
+        Z = (W @ Hp) * np.sqrt(m)
+        U, S, Vt = np.linalg.svd(Z, full_matrices=False)
+        k = min(d, S.size)
+        W0 = np.zeros((problem.K, d))
+        H0 = np.zeros((d, pts.P))
+        W0[:, :k] = U[:, :k] * np.sqrt(S[:k])
+        H0[:k] = (np.sqrt(S[:k])[:, None] * Vt[:k]) / np.sqrt(m)
+        return _pack(problem, obj, W0, b, H0)
+    U, _, _ = np.linalg.svd(Hp * np.sqrt(m), full_matrices=False)
+    return _embed(problem, obj, W, b, Hp, U[:, : problem.d_eff])
+
+
+def _projected_start(
+    problem: Problem, pts: Points, obj: _Objective, lifted: Solution, rng: np.random.Generator
+) -> np.ndarray:
+    """A start from a random d'-dimensional projection of a larger-width solution (the rounding
+    of an SDP solution by a random subspace, as in Goemans–Williamson)."""
+    W, Hp, b = lifted.W, lifted.H_points, lifted.b
+    D = Hp.shape[0]
+    if problem.features == "free":
+        Q, _ = np.linalg.qr(rng.standard_normal((D, problem.width)))
+        return _pack(problem, obj, W @ Q, b, Q.T @ Hp)
+    lifted_p = lifted.problem
+    Bl = helmert(D, D - 1) if lifted_p.features == "layernorm" and lifted_p.centered else np.eye(D)
+    Q, _ = np.linalg.qr(rng.standard_normal((Bl.shape[1], min(problem.d_eff, Bl.shape[1]))))
+    return _embed(problem, obj, W, b, Hp, Bl @ Q)
+
+
+def _embed(problem: Problem, obj: _Objective, W: np.ndarray, b: np.ndarray | None,
+           Hp: np.ndarray, Ud: np.ndarray) -> np.ndarray:
+    """LayerNorm: project the features on the orthonormal columns Ud, place them in the
+    problem's feature space (centred: the Helmert basis of 1⊥) and renormalise onto the sphere."""
+    d, k = problem.width, Ud.shape[1]
+    B = helmert(d, k) if problem.centered else np.eye(d, k)
+    H0 = B @ (Ud.T @ Hp)
+    nrm = np.linalg.norm(H0, axis=0)
+    small = nrm < 1e-8 * problem.r
+    H0[:, small] = B[:, :1]  # a point with no component in the subspace: any feasible one
+    nrm[small] = 1.0
+    H0 = problem.r * H0 / nrm
+    return _pack(problem, obj, W @ Ud @ B.T, b, H0)
+
+
+def _pack(problem: Problem, obj: _Objective, W: np.ndarray, b: np.ndarray | None,
+          H: np.ndarray) -> np.ndarray:
+    if problem.loss == "mse":
+        return H.ravel()  # (W, b) are eliminated
+    return obj.pack(W, b, H)
+
+
+def _at_width(work: Problem, width: int) -> Problem:
+    return dataclasses.replace(
+        work, width=width, radius=work.r if work.features == "layernorm" else None)
+
+
+def _point(problem: Problem, pts: Points, obj: _Objective, x: np.ndarray) -> Solution:
+    """The Solution (problem units, no rebalancing) at the solver variable x."""
+    W, b, U = obj.split(x)
+    H, _, _ = obj.features(U)
+    if problem.loss == "mse":
+        W, b, R = ridge_fit(problem, H, pts)
+        fit, pen = mse_value(problem, W, H, b, R, pts)
+    else:
+        fit, pen = evaluate(problem, W, H, b, pts)
+    return Solution(
+        problem=problem, W=W, H_points=H, b=b, value=fit + pen, fit=fit, penalty=pen,
+        geometry="numerical", method="numerical", points=pts,
+    )
+
+
+def _objective(problem: Problem, pts: Points) -> _Objective:
+    _, wscale, bscale = _scales(problem)
+    return _Objective(problem, pts, wscale=wscale, bscale=bscale)
+
+
+def _relaxation(work: Problem, pts: Points, lift: int, seed: int, gtol: float,
+                max_iter: int) -> Solution:
+    """The problem at the lifted width, where the relaxation is tight (one start)."""
+    lifted = _at_width(work, lift)
+    obj = _objective(lifted, pts)
+    rng = np.random.default_rng(seed)
+    starts = [obj.init(rng)]
+    if work.features == "free":
+        starts.append(np.zeros_like(starts[0]))
+    runs = [_lbfgs(obj, x0, gtol, max_iter, maxcor=20) for x0 in starts]
+    x = min(runs, key=lambda r: r[1])[0]
+    return _point(lifted, pts, obj, x)
+
+
+def _descend(work: Problem, pts: Points, lifted: Solution, gtol: float,
+             max_iter: int) -> np.ndarray:
+    """A start by successive truncation: from the lifted width down to the problem's, one
+    dimension at a time, re-optimising at each width (the optimum moves continuously more often
+    than it jumps); at most DESCENT_STEPS intermediate widths."""
+    cur = lifted
+    top = lifted.problem.width
+    steps = min(top - work.width, DESCENT_STEPS)  # at most DESCENT_STEPS widths, evenly spaced
+    widths = sorted({round(w) for w in np.linspace(top, work.width, steps + 1)[1:-1]},
+                    reverse=True)
+    for w in widths:
+        pw = _at_width(work, w)
+        obj = _objective(pw, pts)
+        x, _, _ = _lbfgs(obj, _truncated_start(pw, pts, obj, cur), gtol, max_iter, maxcor=20)
+        cur = _point(pw, pts, obj, x)
+    return _truncated_start(work, pts, _objective(work, pts), cur)
+
+
+def _relaxation_rank(lifted: Solution, pts: Points) -> int:
+    """Numerical rank of the relaxation's solution: of Z D^{1/2} (free) or of the features."""
+    X = lifted.W @ lifted.H_points if lifted.problem.features == "free" else lifted.H_points
+    sv = np.linalg.svd(X * np.sqrt(pts.mult), compute_uv=False)
+    return int(np.sum(sv > 1e-5 * sv.max(initial=0.0))) if sv.size and sv[0] > 0 else 0
+
+
 def _solve_numerical(
-    problem: Problem, seed: int, n_starts: int, gtol: float, max_iter: int, pts: Points
+    problem: Problem, seed: int, n_starts: int, gtol: float, max_iter: int, pts: Points,
+    max_starts: int, certify: bool, report: _Reporter,
 ) -> Solution:
     t0 = time.perf_counter()
     # Free features: solve the rebalanced problem (λ_W = λ_H = √(λ_Wλ_H)), map back at the end.
@@ -218,17 +479,93 @@ def _solve_numerical(
     ref, wscale, bscale = _scales(work)
     obj = _Objective(work, pts, wscale=wscale, bscale=bscale)
     rng = np.random.default_rng(seed)
-    starts = [obj.init(rng) for _ in range(n_starts)]
+    starts: list[tuple[str, np.ndarray]] = [("random", obj.init(rng)) for _ in range(n_starts)]
     if problem.features == "free":
-        starts.append(np.zeros_like(starts[0]))
-    runs = [_lbfgs(obj, x0, gtol, max_iter, maxcor=20) for x0 in starts]
+        starts.append(("zero", np.zeros_like(starts[0][1])))
+    lift = _lift_width(work, pts)
+    lifted = None
+    if lift is not None:
+        report(f"relaxation at width {lift}", force=True)
+        lifted = _relaxation(work, pts, lift, seed, gtol, max_iter)
+        starts.append(("relaxation", _truncated_start(work, pts, obj, lifted)))
+        if lift - work.width > 1:
+            starts.append(("descent", _descend(work, pts, lifted, gtol, max_iter)))
+        starts += [("projection", _projected_start(work, pts, obj, lifted, rng))
+                   for _ in range(n_starts)]
+    total = len(starts)
+
+    def run(i: int, kind: str, x0: np.ndarray) -> tuple:
+        def tick(it: int, f: float) -> None:
+            report(f"start {i + 1}/{total} ({kind}), iteration {it}, J = {f:.10g}")
+
+        out = _lbfgs(obj, x0, gtol, max_iter, maxcor=20, tick=tick)
+        report(f"start {i + 1}/{total} ({kind}) done: J = {out[1]:.10g}", force=True)
+        return out
+
+    runs = [run(i, kind, x0) for i, (kind, x0) in enumerate(starts)]
+    kinds = [kind for kind, _ in starts]
+    first_round_s = time.perf_counter() - t0
+
+    def hits() -> int:
+        vbest = min(v for _, v, _ in runs)
+        return int(sum(v <= vbest * (1 + SAME_VALUE_RTOL) for _, v, _ in runs))
+
+    def best_point() -> tuple[Solution, int, int]:
+        values = [v for _, v, _ in runs]
+        best = int(np.argmin(values))
+        if not math.isfinite(values[best]):
+            raise RuntimeError(
+                f"the solver found no finite objective value for {problem.to_dict()}")
+        # Polish: restart from the best point with a longer memory; keep it only if better.
+        x_pol, v_pol, it_pol = _lbfgs(obj, runs[best][0], gtol, max_iter, maxcor=50)
+        x = x_pol if v_pol <= values[best] else runs[best][0]
+        return _assemble(problem, work, t_bal, obj, pts, x), best, it_pol
+
+    sol, best, it_pol = best_point()
+    cert = _bound(sol, lifted, pts, t_bal) if certify else None
+    if cert is not None and not cert[0] and lifted is not None:
+        # the relaxation is not tight: more starts (random, and random projections of the
+        # relaxation's solution) until the best value has been reached by MIN_HITS starts, or
+        # max_starts ran, or about 8× the first round's time is spent
+        budget = min(8.0 * first_round_s, EXTRA_BUDGET_S)
+        per_start = first_round_s / len(runs)
+        t_extra = time.perf_counter()
+        v_before = sol.value
+        total = max_starts
+        while (len(runs) < max_starts and hits() < MIN_HITS
+               and time.perf_counter() - t_extra + per_start <= budget):
+            kind = "random" if len(runs) % 2 else "projection"
+            x0 = obj.init(rng) if kind == "random" else _projected_start(
+                work, pts, obj, lifted, rng)
+            runs.append(run(len(runs), kind, x0))
+            kinds.append(kind)
+        if min(v for _, v, _ in runs) < v_before * (1 - SAME_VALUE_RTOL):
+            sol, best, it_pol = best_point()
+            cert = _bound(sol, lifted, pts, t_bal)
     values = [v for _, v, _ in runs]
-    best = int(np.argmin(values))
-    if not math.isfinite(values[best]):
-        raise RuntimeError(f"the solver found no finite objective value for {problem.to_dict()}")
-    # Polish: restart from the best point with a longer memory; keep it only if better.
-    x_pol, v_pol, it_pol = _lbfgs(obj, runs[best][0], gtol, max_iter, maxcor=50)
-    x = x_pol if v_pol <= values[best] else runs[best][0]
+    info = {
+        "seed": seed, "n_starts": n_starts, "start_values": values, "start_kinds": kinds,
+        "best_start": best, "best_kind": kinds[best], "best_hits": hits(),
+        "polish_iterations": it_pol, "iterations": [it for _, _, it in runs],
+        "time_s": time.perf_counter() - t0, "gtol": gtol, "lifted_width": lift,
+        # MSE: W, b eliminated by their ridge solution; only the features are optimised
+        "variables": "features" if problem.loss == "mse" else "W,b,features",
+        "scales": {"value": ref, "W": wscale, "b": bscale, "rebalance": t_bal},
+    }
+    status, lower = ("not_certified" if certify else "unknown"), None
+    if certify and cert is None:
+        info.update(lower_bound=None, relaxation_rank=None, certificate_rel_gap=None)
+    if cert is not None:
+        certified, lower, rank = cert
+        status = "certified" if certified else "not_certified"
+        info.update(lower_bound=lower, relaxation_rank=rank,
+                    certificate_rel_gap=(sol.value - lower) / max(abs(sol.value), 1e-300))
+    return dataclasses.replace(sol, info=info, status=status, lower_bound=lower)
+
+
+def _assemble(problem: Problem, work: Problem, t_bal: float, obj: _Objective, pts: Points,
+              x: np.ndarray) -> Solution:
+    """The Solution of ``problem`` at the solver variable x of the (rebalanced) ``work``."""
     W, b, U = obj.split(x)
     H, _, _ = obj.features(U)
     if problem.loss == "mse":
@@ -241,27 +578,62 @@ def _solve_numerical(
             b = b - b.mean()  # CE is invariant to b + t·1; report the centred representative
         fit, pen = evaluate(problem, W, H, b, pts)
     check_finite(problem, fit + pen, W, H, b)
-    M = class_means(H, pts.counts)
-    info = {
-        "seed": seed, "n_starts": n_starts, "start_values": values, "best_start": best,
-        "polish_iterations": it_pol, "iterations": [it for _, _, it in runs],
-        "time_s": time.perf_counter() - t0, "gtol": gtol,
-        # MSE: W, b eliminated by their ridge solution; only the features are optimised
-        "variables": "features" if problem.loss == "mse" else "W,b,features",
-        "scales": {"value": ref, "W": wscale, "b": bscale, "rebalance": t_bal},
-    }
     return Solution(
         problem=problem, W=W, H_points=H, b=b, value=fit + pen, fit=fit, penalty=pen,
-        geometry=classify_geometry(W, M), method="numerical", points=pts, info=info,
+        geometry=classify_geometry(W, class_means(H, pts.counts)), method="numerical",
+        points=pts, info={},
     )
 
 
-def solve(problem: Problem, method: str = "auto", seed: int = 0, **kwargs) -> Solution:
+def _bound(sol: Solution, lifted: Solution | None, pts: Points,
+           t_bal: float) -> tuple[bool, float, int | None] | None:
+    """(certified, lower bound, relaxation rank): the better of the dual bounds of THEORY §5 at
+    the candidate and at the relaxation's solution (the relaxation does not depend on the width,
+    so a bound from the lifted problem bounds this one). None if no bound can be formed."""
+    bounds = []
+    rank = None
+    cand = _dual_certificate(sol, pts)
+    if cand is not None and cand.valid:
+        bounds.append(cand.lower_bound)
+        rank = cand.relaxation_rank
+    if lifted is not None:
+        # the lifted solution is in the rebalanced units; map it back to the problem's
+        p = sol.problem
+        lp = dataclasses.replace(p, width=lifted.problem.width,
+                                 radius=p.r if p.features == "layernorm" else None)
+        back = dataclasses.replace(lifted, problem=lp, W=t_bal * lifted.W,
+                                   H_points=lifted.H_points / t_bal)
+        lc = _dual_certificate(back, pts)
+        if lc is not None and lc.valid:
+            bounds.append(lc.lower_bound)
+        rank = _relaxation_rank(lifted, pts)
+    if not bounds:
+        return None
+    lower = max(bounds)
+    return (sol.value - lower) <= CERTIFY_RTOL * max(abs(sol.value), 1e-300), lower, rank
+
+
+def _dual_certificate(sol: Solution, pts: Points):
+    """The dual bound of THEORY §5 at ``sol`` (no solver; None if it cannot be formed)."""
+    from .certificate import _certify_dual
+
+    try:
+        with np.errstate(all="ignore"):
+            return _certify_dual(sol, pts, "class", CERTIFY_RTOL)
+    except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+        return None
+
+
+def solve(problem: Problem, method: str = "auto", seed: int = 0, *, progress: Progress = None,
+          **kwargs: Any) -> Solution:
     """Global optimum of a UFM problem.
 
     ``method``: "auto" (closed form of THEORY §4/§11 where one exists, else numerical),
     "closed_form" (raises `ClosedFormUnavailable` where none exists) or "numerical" (always the
-    multi-start solver; ``kwargs`` go to `solve_numerical`).
+    multi-start solver; ``kwargs`` go to `solve_numerical`). ``progress`` (numerical only): True
+    for progress lines on stderr, or a callable taking a line. The result's ``status`` says
+    whether global optimality is proven ("closed_form", "certified") or not ("not_certified",
+    with an :class:`UncertifiedOptimumWarning`).
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a ufm.Problem, got {type(problem).__name__}")
@@ -270,10 +642,10 @@ def solve(problem: Problem, method: str = "auto", seed: int = 0, **kwargs) -> So
     if method == "auto":
         if closed_form_reason(problem) is None:
             return closed_form(problem)
-        return solve_numerical(problem, seed=seed, **kwargs)
+        return solve_numerical(problem, seed=seed, progress=progress, **kwargs)
     if method == "numerical":
-        return solve_numerical(problem, seed=seed, **kwargs)
+        return solve_numerical(problem, seed=seed, progress=progress, **kwargs)
     raise ValueError(f"method must be 'auto', 'closed_form' or 'numerical', got {method!r}")
 
 
-__all__ = ["ClosedFormUnavailable", "solve", "solve_numerical"]
+__all__ = ["ClosedFormUnavailable", "UncertifiedOptimumWarning", "solve", "solve_numerical"]

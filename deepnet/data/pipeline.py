@@ -193,8 +193,15 @@ def hashable(v: Any) -> Any:
 
 
 def read_raw(spec: DatasetSpec, root: Path | None, options: dict[str, Any]) -> dict:
-    """The reader's raw dict, called with the reader options found in ``options``."""
-    return spec.reader(root, **{k: options[k] for k in spec.options if k in options})
+    """The reader's raw dict, called with the reader options found in ``options``. A reader whose
+    package is not installed raises one line naming the extra that brings it."""
+    try:
+        return spec.reader(root, **{k: options[k] for k in spec.options if k in options})
+    except ModuleNotFoundError as err:
+        from deepcollapse.output import missing_extra
+
+        raise missing_extra(err.name or "a dataset package", "data",
+                            f"the dataset {spec.name!r}") from None
 
 
 def resolve_root(root: str | os.PathLike | None) -> Path | None:

@@ -1,0 +1,43 @@
+"""Execute the notebooks in smoke mode and store them with their outputs (what a reader sees).
+
+    .venv/bin/python scripts/run_notebooks.py [NAME ...]
+
+Each notebook runs in its own folder (notebooks/), so everything it writes lands under
+notebooks/results/ (not committed). Timing metadata is not recorded, so a rerun changes only what
+the computation changes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(names: list[str]) -> int:
+    os.environ.update(DEEPCOLLAPSE_SMOKE="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    os.environ.pop("DEEPCOLLAPSE_FULL", None)
+    os.environ.pop("DEEPCOLLAPSE_RESULTS", None)
+    paths = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    if names:
+        paths = [p for p in paths if p.stem in names or p.name in names]
+    for path in paths:
+        t0 = time.perf_counter()
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(nb, timeout=900, kernel_name="python3", record_timing=False,
+                                resources={"metadata": {"path": str(path.parent)}})
+        client.execute()
+        nb.metadata.pop("widgets", None)
+        nbformat.write(nb, path)
+        print(f"{path.name}: executed and saved in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
