@@ -323,10 +323,12 @@ GAP_FRACTION = 0.1
 
 
 def _nnls2(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For data rows v (B, n) and candidate regressors u (A, n) = L^(−α): the (a, C) ≥ 0
-    minimising Σ w (v − a − C u)² with w = 1/v² (relative residuals), each (B, A), and that loss.
-    Two unknowns: the interior solution when it is feasible, else the better face (a = 0 or
-    C = 0); every sum comes from a handful of matrix products, so B × A fits cost little."""
+    """For data rows v (B, n) and candidate regressors u (A, n) = L^(−α): the (a, C) with C ≥ 0
+    minimising Σ w (v − a − C u)² with w = 1/v² (relative residuals), each (B, A), and that
+    loss. a is free: a curve that falls faster than any power law (local slopes that steepen)
+    is fitted with a < 0, which says "no floor" as clearly as a = 0. Two unknowns: the
+    unconstrained solution when C ≥ 0, else the face C = 0; every sum comes from a handful of
+    matrix products, so B × A fits cost little."""
     w = 1.0 / v**2
     sw, swv, swvv = w.sum(1)[:, None], (w * v).sum(1)[:, None], (w * v * v).sum(1)[:, None]
     swu, swuu, swuv = w @ u.T, w @ (u * u).T, (w * v) @ u.T
@@ -338,26 +340,23 @@ def _nnls2(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     with np.errstate(divide="ignore", invalid="ignore"):
         a_in = (swuu * swv - swu * swuv) / det
         c_in = (sw * swuv - swu * swv) / det
-        c_face = np.maximum(swuv / swuu, 0.0)  # a = 0
-    a_face = np.broadcast_to(np.maximum(swv / sw, 0.0), det.shape)  # C = 0
-    inside = (det > 0) & (a_in >= 0) & (c_in >= 0)
+    inside = (det > 0) & (c_in >= 0)
+    a_face = np.broadcast_to(swv / sw, det.shape)  # C = 0: a constant
     zero = np.zeros_like(det)
-    cands = [
-        (np.where(inside, a_in, 0.0), np.where(inside, c_in, 0.0), inside),
-        (zero, c_face, np.ones_like(inside)),
-        (a_face, zero, np.ones_like(inside)),
-    ]
-    losses = np.stack([np.where(ok, loss(a, c), np.inf) for a, c, ok in cands])
-    pick = np.argmin(losses, axis=0)
-    a_best = np.choose(pick, [c[0] for c in cands])
-    c_best = np.choose(pick, [c[1] for c in cands])
-    return a_best, c_best, np.choose(pick, losses)
+    l_in = np.where(inside, loss(np.where(inside, a_in, 0.0), np.where(inside, c_in, 0.0)), np.inf)
+    l_face = loss(a_face, zero)
+    pick = l_in <= l_face
+    return (
+        np.where(pick, a_in, a_face),
+        np.where(pick, c_in, zero),
+        np.where(pick, l_in, l_face),
+    )
 
 
 def _fit_limit_points(
     L: np.ndarray, V: np.ndarray, refine: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(a, C, α), each (B,), of v ≈ a + C L^(−α) with a, C ≥ 0 for each row of V (B, n), by
+    """(a, C, α), each (B,), of v ≈ a + C L^(−α) with C ≥ 0 for each row of V (B, n), by
     least squares in relative residuals: linear in (a, C) for each α on a log grid, then (with
     ``refine``) α refined between the neighbours of the best grid point."""
     a, c, loss = _nnls2(L[None, :] ** -_ALPHAS[:, None], V)
@@ -385,7 +384,8 @@ def _fit_limit_points(
 
 @dataclass(frozen=True)
 class LimitFit:
-    """v(L) ≈ limit + C·L^(−alpha) over the used runs (pooled over seeds), with a, C ≥ 0.
+    """v(L) ≈ limit + C·L^(−alpha) over the used runs (pooled over seeds), with C ≥ 0 (the
+    limit is free: a negative one means the curve falls faster than a power law).
 
     The interval of the limit (and of alpha, and of ``depth_at``) is a percentile interval of a
     residual bootstrap: relative residuals r = (v − m)/v of the fit m are resampled and
@@ -444,7 +444,7 @@ def fit_limit(
     n_boot: int = 500,
     seed: int = 0,
 ) -> LimitFit:
-    """Fit v(L) ≈ a + C·L^(−α) (a, C ≥ 0, α ∈ [0.02, 5]) to positive values at positive depths,
+    """Fit v(L) ≈ a + C·L^(−α) (C ≥ 0, α ∈ [0.02, 5]) to positive values at positive depths,
     seeds pooled (docs/THEORY.md §12): the limit a says whether depth drives v to 0 or to a
     floor. values_per_seed: (S, D) like :func:`fit_rate` (NaN = missing). ``target``: report
     the depth at which the fitted curve would fall below it (e.g. a fraction of UFM*)."""
@@ -712,8 +712,8 @@ def verdict(
     (docs/THEORY.md §12). With v_deep the mean value at the deepest depth used and [lo, hi] the
     interval of the limit a of v ≈ a + C·L^(−α):
 
-    - "zero": lo = 0 (the data are consistent with v → 0) and hi < ``fraction``·v_deep (they rule
-      out a floor that large);
+    - "zero": lo ≤ 0 (the data are consistent with v → 0; a < 0 means the curve falls faster
+      than a power law) and hi < ``fraction``·v_deep (they rule out a floor that large);
     - "floor": lo > ``fraction``·v_deep: most of what remains at the deepest depth does not go
       away with depth (a conclusively flat metric is a floor);
     - "inconclusive" otherwise: no fit (the note says why, e.g. not converged), or a limit whose
@@ -761,9 +761,13 @@ def verdict(
         f"{fraction:g} × {deep:.3g} (the value at the deepest depth), α = "
         f"{float(entry.get('limit_alpha', math.nan)):.2f}"
     )
-    if lo <= 1e-12 * max(deep, 1e-300) and hi < bar:
-        return result("zero", f"consistent with 0 and below {fraction:g} of the deepest value: "
-                      f"{where}{tail}")  # fmt: skip
+    if lo <= 0 and hi < bar:
+        how = (
+            "below 0 (the curve falls faster than a power law): no floor"
+            if hi < 0
+            else f"consistent with 0 and below {fraction:g} of the deepest value"
+        )
+        return result("zero", f"{how}: {where}{tail}")
     if lo > bar:
         return result("floor", f"bounded away from 0 by more than {fraction:g} of the deepest "
                       f"value: {where}{tail}")  # fmt: skip
