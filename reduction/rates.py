@@ -372,7 +372,7 @@ def _fit_limit_points(
             lo = float(_ALPHAS[max(i[r] - 1, 0)])
             hi = float(_ALPHAS[min(i[r] + 1, len(_ALPHAS) - 1)])
 
-            def f(al: float, r: int = r) -> float:
+            def f(al: float, r: int = int(r)) -> float:
                 return float(_nnls2(L[None, :] ** -al, V[r : r + 1])[2][0, 0])
 
             res = minimize_scalar(f, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
@@ -692,9 +692,9 @@ def rate_table(
             detail = f"fewer than 2 usable depths in every seed (usable depths {depths})"
             entry["note"] = f"{not_conv}; {detail}" if not_conv else detail
             continue
-        d = fit.to_dict()
-        n_used = d.pop("n")
-        entry.update(d)
+        fitted = fit.to_dict()
+        n_used = fitted.pop("n")
+        entry.update(fitted)
         entry["n_runs_used"] = n_used
         try:
             limit = fit_limit(depths, V, target=float(entry["limit_target"]), ci=ci)
