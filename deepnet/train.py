@@ -58,7 +58,7 @@ from .runstate import (
 if TYPE_CHECKING:
     from .data import Dataset
 
-__all__ = ["EvalHook", "TrainingDivergedError", "check_threads", "load_run_data", "train"]
+__all__ = ["train"]
 
 
 def train(

@@ -435,28 +435,17 @@ class CollapseAccumulator:
             self.cos_count += c
 
     def _combine(
-        self,
-        cnt: torch.Tensor,
-        sums: torch.Tensor,
-        wsq: torch.Tensor,
-        scatter: torch.Tensor | None = None,
-        rows: torch.Tensor | None = None,
+        self, cnt: torch.Tensor, sums: torch.Tensor, wsq: torch.Tensor, scatter: torch.Tensor
     ) -> None:
-        """Chan's parallel update: S = S_a + S_b + Σ_k (n_a n_b/n) δ_k δ_kᵀ, δ_k = μ_b − μ_a.
-
-        S_b is ``scatter``, or rowsᵀrows for centred ``rows`` (added in place by one addmm).
-        """
+        """Chan's parallel update: S = S_a + S_b + Σ_k (n_a n_b/n) δ_k δ_kᵀ, δ_k = μ_b − μ_a,
+        with S_b = ``scatter``."""
         na, nb = self.counts, cnt
         n = na + nb
         both = (na > 0) & (nb > 0)
         coef = torch.where(both, na * nb / n.clamp(min=1.0), 0.0)
         delta = sums / nb.clamp(min=1.0)[:, None] - self.sums / na.clamp(min=1.0)[:, None]
         delta = delta * both[:, None]  # a class missing on one side contributes no correction
-        if rows is not None:
-            self.scatter.addmm_(rows.T, rows)
-        else:
-            assert scatter is not None  # one of the two is given
-            self.scatter += scatter
+        self.scatter += scatter
         self.scatter.addmm_((delta * coef[:, None]).T, delta)
         self.within_sq += wsq + coef * (delta * delta).sum(dim=1)
         self.counts += nb

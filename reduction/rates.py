@@ -34,7 +34,6 @@ __all__ = [
     "rate_table",
     "run_status",
     "summarize_by_depth",
-    "values_matrix",
     "verdict",
 ]
 
@@ -903,17 +902,3 @@ def summarize_by_depth(rows: Rows, metrics: Sequence[str]) -> list[dict[str, Any
             row[f"{m}_max"] = float(vals.max()) if vals.size else math.nan
         out.append(row)
     return out
-
-
-def values_matrix(rows: Rows, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(depths (D,), values (S, D)) with one row per seed, NaN where a (seed, depth) is missing;
-    the input :func:`fit_rate` takes (use ``drop_invalid=True`` if anything is missing)."""
-    table = load_rows(rows)
-    depths = sorted({_depth_key(r["depth"]) for r in table})
-    seeds = sorted({r["seed"] for r in table}, key=str)
-    V = np.full((len(seeds), len(depths)), np.nan)
-    di = {d: j for j, d in enumerate(depths)}
-    si = {s: i for i, s in enumerate(seeds)}
-    for r in table:
-        V[si[r["seed"]], di[_depth_key(r["depth"])]] = float(r[metric])
-    return np.asarray(depths, dtype=np.float64), V

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepnet import RunConfig, TrainingDivergedError, build_model, train
+from deepnet import RunConfig, TrainingDivergedError, build_model, check_threads, train
 from deepnet.config import fingerprint
 from deepnet.data import load_dataset
-from deepnet.train import check_threads
 from reduction.aggregate import report
 from reduction.folder import sweep_lock
 from reduction.plan import Sweep
