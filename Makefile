@@ -1,4 +1,4 @@
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test test-fast lint typecheck bench
 
 setup:
 	bash scripts/setup.sh
@@ -9,8 +9,15 @@ demo:
 test:
 	bash scripts/test.sh
 
+# the quick loop (about a minute here): unit tests and the fast integration tests
+test-fast:
+	bash scripts/test.sh -m "not slow"
+
 lint: setup
 	.venv/bin/ruff check .
+
+typecheck: setup
+	.venv/bin/mypy
 
 bench: setup
 	.venv/bin/python benchmarks/bench_ufm.py

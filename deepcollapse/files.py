@@ -11,7 +11,7 @@ import functools
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,14 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
 
 
 def json_default(obj: Any) -> Any:
-    """JSON for numpy scalars/arrays and paths (everything else is an error)."""
+    """JSON for numpy scalars/arrays, paths and read-only mappings such as a run's
+    ``Stationarity`` record (everything else is an error)."""
     if hasattr(obj, "tolist") and type(obj).__module__ == "numpy":  # np.generic, np.ndarray
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 

@@ -174,10 +174,10 @@ class ArgumentParser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UserError(f"{message} (see {self.prog} --help)")
 
-    def add_subparsers(self, **kwargs: Any) -> Any:  # type: ignore[override]
+    def add_subparsers(self, **kwargs: Any) -> Any:
         kwargs.setdefault("parser_class", type(self))
         return super().add_subparsers(**kwargs)
 
@@ -224,6 +224,7 @@ def run_command(
     → ``diverged: …``, 3; ``failures`` → ``error: …``, 1; KeyboardInterrupt →
     ``interrupted: <interrupted>``, 130; SystemExit (``--help``, ``--version``) passes its code.
     """
+    user: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError, *user_errors)
     try:
         return int(body() or 0)
     except SystemExit as exc:
@@ -249,7 +250,7 @@ def run_command(
     except tuple(diverged) as exc:
         _print_error("diverged", one_line(exc))
         return EXIT_DIVERGED
-    except (UserError, ValueError, FileNotFoundError, *user_errors) as exc:
+    except user as exc:
         _print_error("error", one_line(exc))
         return EXIT_USER
     except OSError as exc:

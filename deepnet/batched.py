@@ -9,12 +9,15 @@ along a new leading axis (``torch.func.stack_module_state``) and each step evalu
 
 for s = 1..S, then differentiates Σ_s J_s. Since J_s depends on θ_s alone, ∂(Σ_t J_t)/∂θ_s =
 ∂J_s/∂θ_s: the seeds' gradients do not mix. One Adam (or SGD with momentum) steps the stacked
-tensors; both are elementwise, so this is S independent optimizers. Minibatches follow each
+tensors; both are elementwise, so this is S independent optimizers (the registry's
+``batchable`` optimizers, :mod:`deepnet.optimizers`). Minibatches follow each
 seed's own permutation stream (a generator seeded ``seed + 1``, as in ``deepnet.train``), so each
 seed's trajectory is its separate run's up to floating-point rounding of batched kernels.
 
-L-BFGS is not batched: its strong-Wolfe line search picks one step length for the direction of
-all parameters it holds, so a single L-BFGS over the stacked tensors would couple the seeds.
+Full-batch optimizers are not batched: L-BFGS's strong-Wolfe line search (Newton-TR's trust
+region) picks one step length for all parameters it holds, so one over the stacked tensors would
+couple the seeds. The schedule, history entries, checkpoint layout and results are those of
+:mod:`deepnet.runstate`, as in ``deepnet.train``.
 
 No checkpoints during training and no resumption: the sweep uses this for fresh units only (a
 unit that has a checkpoint is resumed by ``deepnet.train``). With ``run_dirs``, each seed's folder
@@ -30,45 +33,49 @@ import copy
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
 from .config import RunConfig, RunResult
+from .continuation import continue_from
 from .io import rng_state, save_checkpoint, write_json, write_result
 from .layers import CollapseNet, half_sq_norm
 from .models import build_model
 from .objective import data_term, evaluate
-from .train import (
+from .optimizers import OPTIMIZERS
+from .runstate import (
     EvalHook,
+    RunState,
+    Schedule,
     TrainingDivergedError,
-    _continue_from,
-    _tensors,
-    _threads,
-    convergence_window,
     history_entry,
     load_run_data,
-    lr_at,
+    make_optimizer,
     make_result,
+    progress_bar,
     resolve_device,
+    threads,
+    to_tensors,
 )
+
+if TYPE_CHECKING:
+    from .data import Dataset
 
 #: fields that may differ between the batched runs: the seed, and where a continuation run
 #: starts from (each seed continues its own shallower run)
 PER_SEED = ("seed", "init_from")
 
-LBFGS_MESSAGE = (
-    "L-BFGS needs a line search per seed; batching it would couple the seeds' step sizes: "
-    "run them one after another"
-)
+#: why L-BFGS runs are not batched (each full-batch optimizer says it in its own words)
+LBFGS_MESSAGE = OPTIMIZERS["lbfgs"].unbatchable_message()
 
 
 def check_batchable(configs: list[RunConfig], data_given: bool = True) -> None:
     """Raise ``ValueError`` unless ``configs`` can train as one batched model: a non-empty list
     of RunConfigs with distinct seeds, equal in every field but ``seed`` (and ``init_from``),
-    with a first-order optimizer. Without ``data`` they must also share the data subset."""
+    with a ``batchable`` optimizer. Without ``data`` they must also share the data subset."""
     if not configs:
         raise ValueError("train_batched needs at least one RunConfig, got an empty list")
     bad = [type(c).__name__ for c in configs if not isinstance(c, RunConfig)]
@@ -90,8 +97,9 @@ def check_batchable(configs: list[RunConfig], data_given: bool = True) -> None:
     seeds = [c.seed for c in configs]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"batched runs need distinct seeds, got {seeds}")
-    if configs[0].optimizer not in ("adam", "sgd"):
-        raise ValueError(LBFGS_MESSAGE)
+    spec = OPTIMIZERS[configs[0].optimizer]
+    if not spec.batchable:
+        raise ValueError(spec.unbatchable_message())
     if not data_given and len({c.subset_seed for c in configs}) > 1:
         raise ValueError(
             "without data, each seed would load its own subset (data_seed=None means "
@@ -101,7 +109,7 @@ def check_batchable(configs: list[RunConfig], data_given: bool = True) -> None:
 
 def train_batched(
     configs: list[RunConfig],
-    data: Any = None,
+    data: Dataset | None = None,
     *,
     progress: bool = False,
     eval_hook: EvalHook | None = None,
@@ -139,19 +147,18 @@ def train_batched(
         for p in paths:  # results of an earlier run in a folder are stale (as deepnet.train)
             for stale in ("metrics.json", "features.npz"):
                 (p / stale).unlink(missing_ok=True)
-    cfg0 = configs[0]
-    with _threads(cfg0.num_threads):
-        results = _Batched(configs, data, eval_hook, paths).run(progress)
-    return results
+    with threads(configs[0].num_threads):
+        return _Batched(configs, data, eval_hook, paths).run(progress)
 
 
 class _Batched:
-    """The state of S batched runs while they train."""
+    """S batched runs while they train: one stacked model, one optimizer, one
+    :class:`~deepnet.runstate.RunState` per seed."""
 
     def __init__(
         self,
         configs: list[RunConfig],
-        data: Any,
+        data: Dataset | None,
         eval_hook: EvalHook | None,
         run_paths: list[Path] | None = None,
     ) -> None:
@@ -169,18 +176,13 @@ class _Batched:
             torch.manual_seed(c.seed)
             model = build_model(c, data).to(device=self.device, dtype=dtype)
             if c.init == "continuation":
-                _continue_from(c, model, None if run_paths is None else run_paths[s])
+                continue_from(c, model, None if run_paths is None else run_paths[s])
             self.models.append(model)
-        x, y, self.x_test, self.y_test = _tensors(data, self.device, dtype)
-        if len(y) != len(x):
-            raise ValueError(f"x_train has {len(x)} samples but y_train has {len(y)}")
-        if int(y.min()) < 0 or int(y.max()) >= data.num_classes:
-            raise ValueError(f"labels must lie in [0, {data.num_classes})")
-        self.x, self.y = x, y
+        self.x, self.y, self.x_test, self.y_test = to_tensors(data, self.device, dtype)
         self.eval_hook = eval_hook
         self.lam = cfg.effective_lam
         self.epochs = cfg.epochs
-        self.window_start = cfg.epochs - convergence_window(cfg)
+        self.schedule = Schedule.of(cfg, len(self.x))
 
         # the stacked parameters (S, ...) are the trained leaves; a meta copy supplies the
         # module structure for functional_call
@@ -191,26 +193,14 @@ class _Batched:
         self.decayed_names = [name for name, _ in self.models[0].decayed_parameters()]
         names = [name for name, _ in self.models[0].named_parameters()]
         self.param_list = [self.params[n] for n in names]  # the order train's optimizer sees
-
-        n = len(x)
-        self.batch = n if cfg.batch_size is None else min(cfg.batch_size, n)
-        self.steps_per_epoch = math.ceil(n / self.batch)
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        if cfg.optimizer == "adam":
-            self.opt: torch.optim.Optimizer = torch.optim.Adam(
-                self.param_list, lr=cfg.lr, foreach=True
-            )
-        else:
-            self.opt = torch.optim.SGD(
-                self.param_list, lr=cfg.lr, momentum=cfg.momentum, foreach=True
-            )
+        self.opt = make_optimizer(cfg.optimizer, self.param_list, cfg)
         self.gens = []
         for c in configs:
             g = torch.Generator(device=self.device)
             g.manual_seed(c.seed + 1)
             self.gens.append(g)
-        self.histories: list[list[dict[str, Any]]] = [[] for _ in configs]
-        self.last_eval: list[dict[str, Any]] = [{} for _ in configs]
+        self.states = [RunState() for _ in configs]
+        self.last_eval: list[dict[int, dict[str, Any]]] = [{} for _ in configs]
         self.objectives = vmap(self._objective, in_dims=(0, 0, None, None))
         self.objectives_mb = vmap(self._objective, in_dims=(0, 0, 0, 0))
 
@@ -235,13 +225,6 @@ class _Batched:
                 for name, p in model.named_parameters():
                     p.copy_(self.params[name][s])
 
-    def _lr(self, epoch: int) -> float:
-        step = min(epoch * self.steps_per_epoch, self.total_steps)
-        return lr_at(self.configs[0], step, self.total_steps)
-
-    def must_eval(self, e: int) -> bool:
-        return e % self.configs[0].eval_every == 0 or e in (self.window_start, self.epochs)
-
     def record(self, at_epoch: int) -> list[dict[str, Any]]:
         self._sync()
         evs = []
@@ -253,13 +236,14 @@ class _Batched:
             evs.append(ev)
         if diverged:
             raise self._diverged(f"objective is non-finite at epoch {at_epoch}", diverged)
+        before = max(at_epoch - 1, 0)
         for s, (model, ev) in enumerate(zip(self.models, evs)):
-            entry = history_entry(at_epoch, ev, "first-order", self._lr(max(at_epoch - 1, 0)))
+            entry = history_entry(
+                at_epoch, ev, self.schedule.phase(before), self.schedule.lr(before)
+            )
             if self.eval_hook is not None:
                 entry.update(self.eval_hook(at_epoch, model, ev))
-            hist = self.histories[s]
-            if not hist or hist[-1]["epoch"] != at_epoch:
-                hist.append(entry)
+            self.states[s].add_entry(entry)
             self.last_eval[s] = {at_epoch: ev}
         return evs
 
@@ -273,8 +257,8 @@ class _Batched:
 
     def _epoch(self, epoch: int, bad: Tensor) -> Tensor:
         """One pass over the data for every seed; ``bad`` (S,) flags non-finite losses."""
-        cfg = self.configs[0]
-        full = self.batch == len(self.x)
+        sched = self.schedule
+        full = sched.batch == len(self.x)
         order = (
             None
             if full
@@ -282,14 +266,14 @@ class _Batched:
                 [torch.randperm(len(self.x), generator=g, device=self.device) for g in self.gens]
             )
         )
-        for s in range(self.steps_per_epoch):
-            lr = lr_at(cfg, epoch * self.steps_per_epoch + s, self.total_steps)
+        for s in range(sched.steps_per_epoch):
+            lr = sched.step_lr(epoch, s)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             if order is None:
                 J = self.objectives(self.params, self.buffers, self.x, self.y)
             else:
-                idx = order[:, s * self.batch : (s + 1) * self.batch]  # (S, B): seed s's batch
+                idx = order[:, s * sched.batch : (s + 1) * sched.batch]  # (S, B): seed s's batch
                 J = self.objectives_mb(self.params, self.buffers, self.x[idx], self.y[idx])
             self.opt.zero_grad(set_to_none=True)
             J.sum().backward()  # ∂(Σ_t J_t)/∂θ_s = ∂J_s/∂θ_s: the seeds stay independent
@@ -302,18 +286,16 @@ class _Batched:
         self.record(0)
         bar = None
         if progress:
-            from tqdm import tqdm
-
             seeds = [c.seed for c in self.configs]
-            bar = tqdm(
-                total=self.epochs, desc=f"{cfg.arch} L={cfg.depth} seeds={seeds}", mininterval=0.5
-            )
+            bar = progress_bar(self.epochs, 0, f"{cfg.arch} L={cfg.depth} seeds={seeds}")
         bad = torch.zeros(len(self.configs), dtype=torch.bool, device=self.device)
         try:
             for epoch in range(self.epochs):
                 bad = self._epoch(epoch, bad)
                 done = epoch + 1
-                if self.must_eval(done):
+                for st in self.states:
+                    st.epoch = done
+                if self.schedule.must_eval(done):
                     # sync point (GPU): never record a history entry past a bad step
                     flags = bad.tolist()
                     if any(flags):
@@ -339,12 +321,13 @@ class _Batched:
         results = []
         for s, (cfg, model) in enumerate(zip(self.configs, self.models)):
             final = self.last_eval[s][self.epochs]  # the last epoch is always evaluated
+            st = self.states[s]
             result = make_result(
                 cfg,
                 model,
                 final,
                 (self.x, self.y, self.x_test, self.y_test),
-                self.histories[s],
+                st.history,
                 self.epochs,
                 stalled=False,
                 completed=True,
@@ -352,6 +335,7 @@ class _Batched:
                 device=self.device,
             )
             result.provenance["batched_seeds"] = seeds
+            st.current = result.stationarity
             if self.run_paths is not None:
                 self._write(s, result, wall)
             results.append(result)
@@ -372,20 +356,18 @@ class _Batched:
         return {"state": state, "param_groups": full["param_groups"]}
 
     def _write(self, s: int, result: RunResult, wall: float) -> None:
-        """Write seed ``s``'s finished run as ``deepnet.train`` would (THEORY §9 record)."""
+        """Write seed ``s``'s finished run as ``deepnet.train`` would (the one checkpoint
+        layout of :mod:`deepnet.runstate`)."""
         assert self.run_paths is not None
         path, cfg = self.run_paths[s], self.configs[s]
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / "config.json", cfg.to_dict())
-        state = {
-            "config": cfg.to_dict(),
-            "epoch": self.epochs,
-            "model": self.models[s].state_dict(),
-            "optimizer": {"first": self._optimizer_state(s), "lbfgs": None},
-            "rng": rng_state(self.gens[s]),
-            "history": self.histories[s],
-            "wall_time_s": wall,
-            "stalled": False,
-        }
+        state = self.states[s].checkpoint(
+            cfg,
+            self.models[s].state_dict(),
+            {"first": self._optimizer_state(s)},
+            rng_state(self.gens[s]),
+            wall,
+        )
         save_checkpoint(path / "checkpoint.pt", state)
         write_result(path, result)

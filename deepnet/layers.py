@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -68,7 +69,7 @@ class Classifier(nn.Module):
         return self.linear(h)
 
 
-def half_sq_norm(params: list[Tensor], dtype: torch.dtype | None = None) -> Tensor:
+def half_sq_norm(params: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
     """½ Σ_p ‖p‖_F², each square reduced in ``dtype`` (default: the parameters' own); the one
     implementation of the coupled-L2 penalty (THEORY §2). 0 for an empty list."""
     if not params:
@@ -111,6 +112,9 @@ class WhitenedLinear(nn.Module):
     weight becomes E at the start (V = E P⁻¹), so the initialisation is unchanged. P is a
     non-persistent buffer: it is recomputed from the training data whenever the model is built.
     """
+
+    P: Tensor
+    P_inv: Tensor
 
     def __init__(self, linear: nn.Linear, inputs: Tensor, floor: float = WHITEN_FLOOR) -> None:
         super().__init__()
@@ -182,16 +186,25 @@ class CollapseNet(nn.Module):
         σ(W h) block would be a stationary point that never moves)."""
         with torch.no_grad():
             for block in list(self.blocks)[start:]:
-                block.pad_init(scale)  # type: ignore[operator]
+                pad: Any = block.pad_init  # every block type defines it
+                pad(scale)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
 
-    def embedding_parameters(self) -> list[tuple[str, nn.Parameter]]:
+    def whiten_input_map(self, x: Tensor) -> None:
+        """Re-parametrise the linear map of dense inputs as E = V P, P the whitening of what the
+        map sees when the network reads the training inputs ``x`` (float64; THEORY §2). Each
+        architecture says where its map is; E is unchanged at the start."""
+        raise ValueError(
+            f"whiten_embedding: {type(self).__name__} does not say where its dense input map is"
+        )
+
+    def embedding_parameters(self) -> list[tuple[str, Tensor]]:
         """Every parameter of the input embedding (token, patch, position, CLS)."""
         return [(f"embed.{n}", p) for n, p in self.embed.named_parameters()]
 
-    def body_decayed_parameters(self) -> list[tuple[str, nn.Parameter]]:
+    def body_decayed_parameters(self) -> list[tuple[str, Tensor]]:
         """Weights of every ``nn.Linear`` of the blocks (biases and LN affine excluded)."""
         out = []
         for name, module in self.blocks.named_modules():
@@ -199,10 +212,10 @@ class CollapseNet(nn.Module):
                 out.append((f"blocks.{name}.weight", module.weight))
         return out
 
-    def classifier_decayed_parameters(self) -> list[tuple[str, nn.Parameter]]:
+    def classifier_decayed_parameters(self) -> list[tuple[str, Tensor]]:
         return [("classifier.linear.weight", self.classifier.weight)]
 
-    def decayed_parameters(self) -> list[tuple[str, nn.Parameter]]:
+    def decayed_parameters(self) -> list[tuple[str, Tensor]]:
         """The explicit list penalised by (λ/2)‖·‖_F²: body weights, classifier weight and, only
         with ``decay_embedding``, the embedding."""
         out = self.body_decayed_parameters() + self.classifier_decayed_parameters()
@@ -214,7 +227,7 @@ class CollapseNet(nn.Module):
         """(λ/2)‖·‖² split into classifier, body and embedding (0 unless decay_embedding);
         reduced in ``dtype`` (default: the parameters' own)."""
 
-        def pen(params: list[tuple[str, nn.Parameter]]) -> Tensor:
+        def pen(params: list[tuple[str, Tensor]]) -> Tensor:
             return lam * half_sq_norm([p for _, p in params], dtype)
 
         return {

@@ -1,35 +1,49 @@
 """The architecture registry: one entry per architecture, and :func:`build_model`.
 
-Adding an architecture touches only this file: write its ``CollapseNet`` (the layout
-``embed`` / ``blocks`` / ``classifier`` that the decayed list relies on, see ``layers.py``) and
-register a builder. RunConfig validation, the CLI choices and the sweep read :data:`ARCHS`.
+Adding an architecture is one :func:`register_arch` call and its code: a ``CollapseNet`` (the
+layout ``embed`` / ``blocks`` / ``classifier`` that the decayed list relies on, and its
+``whiten_input_map``; see ``layers.py``) and a builder. RunConfig validation (the choices, the
+block forms), the command line (choices and help), the data check of :func:`build_model` and
+the path bound of ``reduction.profile`` read the entry's fields.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .layers import LN_EPS, CollapseNet, WhitenedLinear
+from .layers import CollapseNet
 from .resnet import ResNet, ResNetConfig
 from .transformer import Transformer, TransformerConfig
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .data import Dataset
 
 
 @dataclass(frozen=True)
 class Arch:
-    """A registered architecture: a name, a one-line description, the data kinds it takes,
-    the linear layers per block (1 or 2: decides the theory's λ schedule, THEORY §3) and a
-    builder ``build(config, data) -> CollapseNet``."""
+    """A registered architecture.
+
+    ``kinds``: the data kinds it takes (:func:`build_model` refuses others). ``layers_per_block``:
+    the linear layers per block, 1 or 2 (it decides the theory's λ schedule, THEORY §3, and the
+    form of the path bound, §10). ``block_forms``: the ``block_form`` values it accepts.
+    ``path_bound``: whether the post-LN path bound on the body penalty applies (THEORY §10:
+    residual blocks on the LN sphere; not attention). ``build(arch, config, data)`` makes the
+    network.
+    """
 
     name: str
     description: str
     kinds: tuple[str, ...]
     layers_per_block: int
-    build: Callable[[Any, Any], CollapseNet]
+    build: Callable[[Arch, RunConfig, Dataset], CollapseNet]
+    block_forms: tuple[str, ...] = ("relu_of_linear",)
+    path_bound: bool = False
 
 
 ARCHS: dict[str, Arch] = {}
@@ -43,7 +57,7 @@ def register_arch(arch: Arch) -> Arch:
     return arch
 
 
-def _shape(data: Any) -> tuple[str, tuple[int, ...]]:
+def _shape(data: Dataset) -> tuple[str, tuple[int, ...]]:
     kind = data.kind
     x = data.x_train
     want = {"image": 4, "vector": 2, "text": 2}
@@ -60,7 +74,7 @@ def default_patch_size(size: int) -> int:
     return max(p for p in range(1, min(7, size) + 1) if size % p == 0)
 
 
-def patch_size_for(config: Any, kind: str, shape: tuple[int, ...]) -> int:
+def patch_size_for(config: RunConfig, kind: str, shape: tuple[int, ...]) -> int:
     """``config.patch_size``, or the default that divides the image (H, W) or the vector."""
     if config.patch_size is not None:
         return int(config.patch_size)
@@ -71,108 +85,98 @@ def patch_size_for(config: Any, kind: str, shape: tuple[int, ...]) -> int:
     return 1  # text: tokens, no patches
 
 
-def _common(config: Any, data: Any) -> dict[str, Any]:
+def _common(config: RunConfig, data: Dataset) -> dict[str, Any]:
     return dict(
         num_classes=int(data.num_classes),
         width=config.width,
         depth=config.depth,
         norm=config.norm,
         ln_affine=config.ln_affine,
-        ln_eps=getattr(config, "ln_eps", LN_EPS),
+        ln_eps=config.ln_eps,
         bias=config.bias,
         decay_embedding=config.decay_embedding,
     )
 
 
-def _resnet(layers: int) -> Callable[[Any, Any], CollapseNet]:
-    def build(config: Any, data: Any) -> CollapseNet:
-        kind, shape = _shape(data)
-        if kind == "text":
-            raise ValueError("ResNets take image or vector data; use a transformer for text")
-        return ResNet(
-            ResNetConfig(
-                input_dim=int(np.prod(shape)),
-                layers_per_block=layers,
-                block_form=config.block_form,
-                **_common(config, data),
-            )
+def _resnet(arch: Arch, config: RunConfig, data: Dataset) -> CollapseNet:
+    _, shape = _shape(data)
+    return ResNet(
+        ResNetConfig(
+            input_dim=int(np.prod(shape)),
+            layers_per_block=arch.layers_per_block,
+            block_form=config.block_form,
+            **_common(config, data),
         )
+    )
 
-    return build
 
-
-def _transformer(mlp_layers: int) -> Callable[[Any, Any], CollapseNet]:
-    def build(config: Any, data: Any) -> CollapseNet:
-        kind, shape = _shape(data)
-        tcfg: dict[str, Any] = dict(
-            kind=kind,
-            mlp_layers=mlp_layers,
-            heads=config.heads,
-            readout=config.readout,
-            patch_size=patch_size_for(config, kind, shape),
+def _transformer(arch: Arch, config: RunConfig, data: Dataset) -> CollapseNet:
+    kind, shape = _shape(data)
+    tcfg: dict[str, Any] = dict(
+        kind=kind,
+        mlp_layers=arch.layers_per_block,
+        heads=config.heads,
+        readout=config.readout,
+        patch_size=patch_size_for(config, kind, shape),
+    )
+    if kind == "image":
+        tcfg.update(in_channels=shape[0], image_size=(shape[1], shape[2]))
+    elif kind == "vector":
+        tcfg.update(input_dim=shape[0])
+    else:
+        info = getattr(data, "info", None) or {}
+        vocab = getattr(data, "vocab", None)
+        top = int(np.max(data.x_train)) + 1
+        vocab_size = info.get("vocab_size") or (len(vocab) if vocab is not None else top)
+        tcfg.update(
+            vocab_size=max(int(vocab_size), top),
+            max_len=max(int(info.get("max_len", shape[0])), shape[0]),
         )
-        if kind == "image":
-            tcfg.update(in_channels=shape[0], image_size=(shape[1], shape[2]))
-        elif kind == "vector":
-            tcfg.update(input_dim=shape[0])
-        else:
-            info = getattr(data, "info", None) or {}
-            vocab = getattr(data, "vocab", None)
-            top = int(np.max(data.x_train)) + 1
-            vocab_size = info.get("vocab_size") or (len(vocab) if vocab is not None else top)
-            tcfg.update(
-                vocab_size=max(int(vocab_size), top),
-                max_len=max(int(info.get("max_len", shape[0])), shape[0]),
-            )
-        return Transformer(TransformerConfig(**_common(config, data), **tcfg))
-
-    return build
+    return Transformer(TransformerConfig(**_common(config, data), **tcfg))
 
 
-register_arch(Arch("rn1", "L-RN1: h ← LN(h + σ(W h))", ("image", "vector"), 1, _resnet(1)))
-register_arch(Arch("rn2", "L-RN2: h ← LN(h + W₂σ(W₁h))", ("image", "vector"), 2, _resnet(2)))
+_RESNET_KINDS = ("image", "vector")
+_TRANSFORMER_KINDS = ("image", "vector", "text")
 register_arch(
-    Arch(
-        "t11",
-        "L-T11: attention + one-layer MLP σ(W X)",
-        ("image", "vector", "text"),
-        1,
-        _transformer(1),
-    )
-)
+    Arch("rn1", "L-RN1 (ResNet): h ← LN(h + σ(W h))", _RESNET_KINDS, 1, _resnet,
+         block_forms=("relu_of_linear", "linear_of_relu"), path_bound=True)
+)  # fmt: skip
 register_arch(
-    Arch(
-        "t12",
-        "L-T12: attention + two-layer MLP W₂σ(W₁X)",
-        ("image", "vector", "text"),
-        2,
-        _transformer(2),
-    )
-)
+    Arch("rn2", "L-RN2 (ResNet): h ← LN(h + W₂σ(W₁h))", _RESNET_KINDS, 2, _resnet,
+         path_bound=True)
+)  # fmt: skip
+register_arch(
+    Arch("t11", "L-T11 (transformer): attention + one-layer MLP σ(W X)", _TRANSFORMER_KINDS, 1,
+         _transformer)
+)  # fmt: skip
+register_arch(
+    Arch("t12", "L-T12 (transformer): attention + two-layer MLP W₂σ(W₁X)", _TRANSFORMER_KINDS,
+         2, _transformer)
+)  # fmt: skip
 
 
-def build_model(config: Any, data: Any) -> CollapseNet:
+def build_model(config: RunConfig, data: Dataset) -> CollapseNet:
     """The network ``config`` describes, sized for ``data`` (a ``deepnet.data.Dataset``)."""
     if config.arch not in ARCHS:
         raise ValueError(f"unknown arch {config.arch!r}; registered: {sorted(ARCHS)}")
-    model = ARCHS[config.arch].build(config, data)
-    if getattr(config, "whiten_embedding", False):
+    arch = ARCHS[config.arch]
+    kind, _ = _shape(data)
+    if kind not in arch.kinds:
+        raise ValueError(
+            f"{arch.name} takes {' or '.join(arch.kinds)} data, not {kind}: "
+            + ("use a transformer for text" if kind == "text" else "see deepnet.ARCHS")
+        )
+    model = arch.build(arch, config, data)
+    if config.whiten_embedding:
         whiten_embedding(model, data)
     return model
 
 
-def whiten_embedding(model: CollapseNet, data: Any) -> None:
+def whiten_embedding(model: CollapseNet, data: Dataset) -> None:
     """Re-parametrise the linear input map of dense inputs as E = V P, with P the whitening of
-    the training inputs the map sees (THEORY §2): the flattened inputs of a ResNet, the patches
-    of a transformer. Token embeddings (text) are left as they are. E is unchanged at the start."""
+    the training inputs the map sees (THEORY §2; :meth:`CollapseNet.whiten_input_map`: the
+    flattened inputs of a ResNet, the patches of a transformer). Token embeddings (text) are
+    left as they are. E is unchanged at the start."""
     if data.kind == "text":
         return
-    x = torch.as_tensor(np.asarray(data.x_train), dtype=torch.float64)
-    if isinstance(model, ResNet):
-        model.embed["E"] = WhitenedLinear(model.embed["E"], x.flatten(1))
-    elif isinstance(model, Transformer):
-        patches = model.patches(x)
-        flat = patches.reshape(-1, patches.shape[-1])
-        model.embed.patch = WhitenedLinear(model.embed.patch, flat)
-    else:  # pragma: no cover - a new architecture must say where its input map is
-        raise ValueError(f"whiten_embedding: no dense input map found in {type(model).__name__}")
+    model.whiten_input_map(torch.as_tensor(np.asarray(data.x_train), dtype=torch.float64))

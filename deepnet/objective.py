@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ def data_term(logits: Tensor, y: Tensor, loss: str, total: int | None = None) ->
 
 
 def batch_objective(
-    model: CollapseNet, x: Tensor, y: Tensor, lam: float, loss: str, decayed: list[Tensor]
+    model: CollapseNet, x: Tensor, y: Tensor, lam: float, loss: str, decayed: Sequence[Tensor]
 ) -> Tensor:
     """J on one batch, in the model's dtype: the loss every optimizer differentiates."""
     J = data_term(model(x), y, loss)
@@ -96,7 +97,8 @@ def gradient_norms(
     out: dict[str, float] = {}
     total = 0.0
     for group, params in m64.parameter_groups().items():
-        sq = sum(float(grads[id(p)].square().sum()) for p in params if grads[id(p)] is not None)
+        found = [grads[id(p)] for p in params]
+        sq = sum(float(g.square().sum()) for g in found if g is not None)
         out[f"grad_norm_{group}"] = math.sqrt(sq)
         total += sq
     out["grad_norm"] = math.sqrt(total)

@@ -21,7 +21,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers import LN_EPS, Classifier, CollapseNet, LayerNorm, check_common, init_linear
+from .layers import (
+    LN_EPS,
+    Classifier,
+    CollapseNet,
+    LayerNorm,
+    WhitenedLinear,
+    check_common,
+    init_linear,
+)
 
 BLOCK_FORMS = ("relu_of_linear", "linear_of_relu")
 
@@ -89,6 +97,8 @@ class ResBlock(nn.Module):
 class ResNet(CollapseNet):
     """L-RN1 / L-RN2 on flattened inputs (images or vectors)."""
 
+    embed: nn.ModuleDict
+
     def __init__(self, config: ResNetConfig) -> None:
         super().__init__()
         self.config = config
@@ -107,6 +117,12 @@ class ResNet(CollapseNet):
         self.ln_final = LayerNorm(d, config.ln_affine, eps) if config.norm == "pre" else None
         self.classifier = Classifier(d, config.num_classes, config.bias)
         init_linear(self.classifier.linear)
+
+    def whiten_input_map(self, x: Tensor) -> None:
+        """The map E reads the flattened inputs (see :meth:`CollapseNet.whiten_input_map`)."""
+        E = self.embed["E"]
+        assert isinstance(E, nn.Linear)  # whitened once, when the model is built
+        self.embed["E"] = WhitenedLinear(E, x.flatten(1))
 
     def _readout(self, h: Tensor) -> Tensor:
         """The feature the classifier reads from the residual stream h (pre-LN: the final LN)."""

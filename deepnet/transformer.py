@@ -26,7 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import KINDS, LN_EPS, Classifier, CollapseNet, LayerNorm, check_common, init_linear
+from .layers import (
+    KINDS,
+    LN_EPS,
+    Classifier,
+    CollapseNet,
+    LayerNorm,
+    WhitenedLinear,
+    check_common,
+    init_linear,
+)
 
 READOUTS = ("cls", "last", "mean")
 
@@ -182,8 +191,21 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class TransformerEmbedding(nn.Module):
+    """A transformer's input embedding: the token table ``tok`` (text) or the patch map
+    ``patch`` (images, vectors: a Linear, or a WhitenedLinear), the position table ``pos`` and,
+    with a CLS readout, the CLS token ``cls``."""
+
+    tok: nn.Embedding
+    patch: nn.Module
+    pos: nn.Parameter
+    cls: nn.Parameter
+
+
 class Transformer(CollapseNet):
     """L-T11 / L-T12 with CLS, last-token or mean readout."""
+
+    embed: TransformerEmbedding
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
@@ -191,22 +213,19 @@ class Transformer(CollapseNet):
         self.decay_embedding = config.decay_embedding
         d = config.width
         cfg = config
-        embed: dict[str, nn.Module | nn.Parameter] = {}
+        self.embed = TransformerEmbedding()
         if cfg.kind == "text":
             assert cfg.vocab_size is not None
             tok = nn.Embedding(cfg.vocab_size, d)
             nn.init.normal_(tok.weight, std=1.0)  # its scale is irrelevant: LN follows
-            embed["tok"] = tok
+            self.embed.tok = tok
         else:
             patch_dim = (
                 cfg.in_channels * cfg.patch_size**2 if cfg.kind == "image" else cfg.patch_size
             )
             proj = nn.Linear(patch_dim, d, bias=False)
             init_linear(proj)
-            embed["patch"] = proj
-        self.embed = nn.Module()
-        for name, mod in embed.items():
-            self.embed.add_module(name, mod)  # type: ignore[arg-type]
+            self.embed.patch = proj
         self.use_cls = cfg.readout == "cls"
         n_pos = cfg.num_tokens + int(self.use_cls)
         self.embed.pos = nn.Parameter(0.02 * torch.randn(1, n_pos, d))
@@ -219,6 +238,15 @@ class Transformer(CollapseNet):
         self.ln_mean = LayerNorm(d, cfg.ln_affine, eps) if cfg.readout == "mean" else None
         self.classifier = Classifier(d, cfg.num_classes, cfg.bias)
         init_linear(self.classifier.linear)
+
+    def whiten_input_map(self, x: Tensor) -> None:
+        """The patch map reads the patches of the inputs (see
+        :meth:`CollapseNet.whiten_input_map`); token embeddings are left as they are."""
+        if self.config.kind == "text":
+            return
+        patches = self.patches(x)
+        assert isinstance(self.embed.patch, nn.Linear)  # whitened once, when the model is built
+        self.embed.patch = WhitenedLinear(self.embed.patch, patches.reshape(-1, patches.shape[-1]))
 
     def _tokens(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Embedded tokens (N, T, d) before positions, and the non-pad mask (N, T) for text."""
@@ -242,10 +270,11 @@ class Transformer(CollapseNet):
             if x.ndim != 4:
                 raise ValueError(f"image input must be (N, C, H, W), got {tuple(x.shape)}")
             n, c, h, w = x.shape
-            if (c, h, w) != (cfg.in_channels, *cfg.image_size):  # type: ignore[misc]
+            assert cfg.image_size is not None  # an image model is built with its size
+            if (c, h, w) != (cfg.in_channels, *cfg.image_size):
                 raise ValueError(
                     f"image shape {(c, h, w)} does not match the model's "
-                    f"{(cfg.in_channels, *cfg.image_size)}"  # type: ignore[misc]
+                    f"{(cfg.in_channels, *cfg.image_size)}"
                 )
             patches = (
                 x.reshape(n, c, h // p, p, w // p, p)

@@ -1,6 +1,8 @@
-"""Aggregate a sweep folder: results table, sandwich and monotone certificate, summary, rates,
-verdict and figure (THEORY §10, §12). Everything is rebuilt from the run folders, so a partial or
-finished sweep can be re-reported at any time (``python -m reduction report OUT``).
+"""Report a sweep folder: results table, sandwich and monotone certificate, summary, rates,
+verdict and figures (THEORY §10, §12). Everything is rebuilt from the run folders, so a partial
+or finished sweep can be re-reported at any time (``deepcollapse report OUT``); the words are
+:mod:`reduction.render`'s. Torch-free at import: the fingerprints are checked through
+:class:`deepnet.RunConfig` when a report is made.
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from deepcollapse.files import atomic_write, json_default, write_json
+from reduction.layout import RUNS, SPEC, read_rows
+from reduction.plan import Sweep, SweepIdentity, config_disagreement
 from reduction.plots import plot_depth
 from reduction.presets import Preset
 from reduction.rates import GAP_FRACTION, preset_verdict, rate_table, summarize_by_depth
-from reduction.registry import rate_metrics, summary_metrics
+from reduction.registry import Row, rate_metrics, summary_metrics
+from reduction.results import SweepResult
+
+__all__ = ["load_results", "monotone_certificate", "read_rows", "report", "split_rows"]
 
 #: metrics aggregated per depth, and those fitted for a log–log rate (see reduction.registry)
 SUMMARY_METRICS: tuple[str, ...] = summary_metrics()
@@ -38,27 +45,20 @@ SEED_TOL = 2e-2
 log = logging.getLogger("deepcollapse")
 
 
-def read_rows(out: Path) -> list[dict[str, Any]]:
-    """Every finished unit's row under OUT/runs, one per (depth, seed), sorted."""
-    from reduction.results import read_row
-
-    rows = [r for r in (read_row(d) for d in sorted((Path(out) / "runs").glob("L*-s*"))) if r]
-    return sorted(rows, key=lambda r: (r["depth"], r["seed"]))
-
-
 def split_rows(
-    out: Path, rows: Sequence[dict[str, Any]], identity: Any
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    out: Path, rows: Sequence[Row], identity: SweepIdentity
+) -> tuple[list[Row], list[dict[str, Any]]]:
     """(rows of the sweep ``identity``, the others with why): a row is the sweep's when the
     fingerprint of its config is the sweep's and, for a finished run, the config.json beside it
     says the same. Each kept row's ``fingerprint`` is set to the one recomputed from its config
     (a stored value is never trusted)."""
     from deepnet import RunConfig
-    from reduction.sweep import _disagreement
 
-    keep, excluded = [], []
+    keep: list[Row] = []
+    excluded: list[dict[str, Any]] = []
     for row in rows:
         why = ""
+        config: RunConfig | None
         try:
             config = RunConfig.from_dict(dict(row.get("config") or {}))
         except (ValueError, TypeError) as err:
@@ -66,7 +66,7 @@ def split_rows(
         if config is not None:
             why = identity.diff(config)
             if not why and _ok(row) and not row.get("unsaved"):
-                why = _config_json_disagrees(out / row["run_dir"], config, _disagreement)
+                why = _config_json_disagrees(out / row["run_dir"], config)
         if why:
             excluded.append(
                 {k: row.get(k) for k in ("run_dir", "depth", "seed", "status", "fingerprint")}
@@ -77,7 +77,7 @@ def split_rows(
     return keep, excluded
 
 
-def _config_json_disagrees(run_dir: Path, config: Any, disagreement: Any) -> str:
+def _config_json_disagrees(run_dir: Path, config: Any) -> str:
     """Why the config.json beside a finished row does not say what the row says ('' if it does)."""
     from deepnet import RunConfig
 
@@ -88,7 +88,7 @@ def _config_json_disagrees(run_dir: Path, config: Any, disagreement: Any) -> str
         written = RunConfig.from_dict(json.loads(path.read_text())).to_dict()
     except (OSError, ValueError, TypeError, UnicodeDecodeError):
         return "its config.json is not a readable run config (an edited or damaged folder)"
-    d = disagreement(written, config.to_dict(), ("config.json", "row.json"))
+    d = config_disagreement(written, config.to_dict(), ("config.json", "row.json"))
     return f"config.json disagrees with row.json ({d}): an edited folder" if d else ""
 
 
@@ -96,7 +96,7 @@ def _ok(row: Mapping[str, Any]) -> bool:
     return row.get("status", "ok") == "ok"
 
 
-def monotone_certificate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def monotone_certificate(rows: list[Row]) -> dict[str, Any]:
     """Add the sandwich and monotone columns to ``rows`` (in place) and summarise violations.
 
     Zero blocks are the identity, so J_L* ≤ J_{L'}* ≤ J_{L'}(run) for L' ≤ L (THEORY §10), and
@@ -135,7 +135,7 @@ def monotone_certificate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"tolerance": MONOTONE_TOL, "violations": violations, "ok": not violations, **seeds}
 
 
-def _seed_certificate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _seed_certificate(rows: list[Row]) -> dict[str, Any]:
     """Across seeds: runs with the same fixed ``data_seed`` train on the same data, so every one
     of them bounds J_L* from above; j_best(L) = min over those runs at depths L' ≤ L. A run with
     J_L(run) > j_best(L)(1 + SEED_TOL) sits at a materially worse stationary point than another
@@ -201,20 +201,13 @@ def table_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in ("config", "traceback")} for r in rows]
 
 
-def _load_preset(out: Path) -> Preset:
-    return _load_spec(out)[0]
-
-
-def _load_spec(out: Path) -> tuple[Preset, dict[str, Any]]:
-    """The preset and overrides recorded in OUT/sweep.json (ValueError, one line, without)."""
-    from reduction.sweep import preset_from_spec
-
-    path = out / "sweep.json"
+def _load_sweep(out: Path) -> Sweep:
+    """The sweep recorded in OUT/sweep.json (ValueError, one line, without)."""
+    path = out / SPEC
     if not path.exists():
         raise ValueError(f"{out} is not a sweep folder (no sweep.json)")
     try:
-        spec = json.loads(path.read_text())
-        return preset_from_spec(spec["preset"]), dict(spec.get("overrides") or {})
+        return Sweep.from_spec(json.loads(path.read_text()))
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
         raise ValueError(
             f"{path} is unreadable ({type(err).__name__}: {err}); rerun the sweep command to "
@@ -230,33 +223,29 @@ def _writable(folder: Path) -> bool:
 def report(
     out_dir: str | os.PathLike[str],
     *,
-    preset: Preset | None = None,
+    sweep: Sweep | None = None,
     budget_checks: Sequence[Mapping[str, Any]] | None = None,
     tables_only: bool = False,
-    identity: Any = None,
-    extra_rows: Sequence[Mapping[str, Any]] = (),
+    extra_rows: Sequence[Row] = (),
     write: bool | None = None,
     dest: str | os.PathLike[str] | None = None,
-) -> Any:
+) -> SweepResult:
     """Rebuild results.csv from the run folders; unless ``tables_only``, also the summary
     (mean ± std per depth over the runs that finished), the rates (converged runs at depths > 0
     only, t-intervals over seeds, fit quality), the verdict against the preset's expectation,
     the monotone certificate, summary.json and the figure (PNG and PDF).
 
-    Only rows made with the sweep's settings enter (``identity``, default: from sweep.json);
+    Only rows made with the settings of ``sweep`` (default: the one sweep.json records) enter;
     the others are listed in summary.json under ``excluded``. ``extra_rows``: rows that exist
     only in memory (their folder could not be written). When no run finished, the tables hold
     the failed rows and the verdict names their first causes. The files go to ``dest`` (default
-    OUT); ``write=False``, or a read-only OUT without ``dest``, writes nothing.
+    OUT); ``write=False``, or a read-only OUT without ``dest``, writes nothing. With
+    ``tables_only`` only results.csv is rebuilt and the result holds the rows alone.
     """
-    from reduction.results import SweepResult
-    from reduction.sweep import sweep_identity
-
     out = Path(out_dir)
-    if preset is None or identity is None:
-        spec_preset, overrides = _load_spec(out)
-        preset = preset or spec_preset
-        identity = identity or sweep_identity(spec_preset, overrides)
+    if sweep is None:
+        sweep = _load_sweep(out)
+    preset, identity = sweep.preset, sweep.identity
     target = Path(dest) if dest is not None else out
     if write is None:
         write = dest is not None or _writable(out)
@@ -266,7 +255,7 @@ def report(
             )
     on_disk = read_rows(out)
     seen = {r["run_dir"] for r in on_disk}
-    extra = [dict(r) for r in extra_rows if r.get("run_dir") not in seen]
+    extra = [cast(Row, dict(r)) for r in extra_rows if r.get("run_dir") not in seen]
     everything = sorted([*on_disk, *extra], key=lambda r: (r["depth"], r["seed"]))
     rows, excluded = split_rows(out, everything, identity)
     monotone = monotone_certificate(rows)
@@ -284,7 +273,8 @@ def report(
         _write_csv(paths["results"], table_rows(rows))
     ok = [r for r in rows if _ok(r)]
     if tables_only:
-        return None
+        return SweepResult(out, preset, list(rows), [], [], fingerprint=identity.fingerprint,
+                           excluded=excluded, written=bool(write))  # fmt: skip
     if budget_checks is None:
         old = out / "summary.json"
         try:
@@ -335,10 +325,7 @@ def report(
         if any(r["depth"] > 0 for r in ok):
             fig = plot_depth(table_rows(ok), metrics=fig_metrics, title=_title(preset, ok))
             for key in ("png", "pdf"):  # plot_depth's Figure holds no pyplot state
-                atomic_write(
-                    paths[key],
-                    lambda fh, fmt=key: fig.savefig(fh, format=fmt, dpi=150, bbox_inches="tight"),
-                )
+                _save_figure(paths[key], fig, key)
         _extra_figures(out, ok, paths)
     return SweepResult(
         out_dir=out,
@@ -346,7 +333,7 @@ def report(
         rows=list(rows),
         summary=summary,
         rates=rates,
-        budget_checks=list(budget_checks),
+        budget_checks=[dict(c) for c in budget_checks],
         monotone=monotone,
         verdict=verdict,
         paths=paths,
@@ -386,9 +373,9 @@ def _no_runs_verdict(
         more = f" (and {len(failed) - FIRST_CAUSES} more)" if len(failed) > FIRST_CAUSES else ""
         reason = f"all {len(failed)} run(s) failed or diverged; first causes: {causes}{more}"
     elif excluded:
-        reason = f"every run under {out / 'runs'} was made with other settings ({len(excluded)})"
+        reason = f"every run under {out / RUNS} was made with other settings ({len(excluded)})"
     else:
-        reason = f"no run under {out / 'runs'} has finished yet"
+        reason = f"no run under {out / RUNS} has finished yet"
     return {
         "expect": preset.expect,
         "verdict": "no finished runs",
@@ -396,146 +383,6 @@ def _no_runs_verdict(
         "per_metric": [],
         "failed": list(failed),
     }
-
-
-def seed_certificate_lines(mono: Mapping[str, Any]) -> list[str]:
-    """The seed certificate in words: one line when it holds, else one line per depth."""
-    if "seed_ok" not in mono:
-        return []
-    tol = 100 * float(mono.get("seed_tolerance", SEED_TOL))
-    if mono["seed_ok"]:
-        return [
-            "Seed certificate: no run is more than "
-            f"{tol:g}% above the best run at its depth or shallower on the same data."
-        ]
-    lines = []
-    for depth in sorted({v["depth"] for v in mono["seed_violations"]}):
-        vs = [v for v in mono["seed_violations"] if v["depth"] == depth]
-        worst = max(vs, key=lambda v: v["rel_excess"])
-        lines.append(
-            f"Above the best run on the same data (> {tol:g}%): L = {depth}, seed(s) "
-            f"{', '.join(str(v['seed']) for v in vs)}, up to {100 * worst['rel_excess']:+.1f}% "
-            f"above J = {worst['best_objective']:.5g} (seed {worst['best_seed']}, L = "
-            f"{worst['best_depth']}); left out of the rates."
-        )
-    return lines
-
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{x:.{digits}g}"
-
-
-def ufm_line(rows: Sequence[Mapping[str, Any]]) -> str:
-    """UFM* of the sweep: one value, or (λ/L) its range over the depths."""
-    by_depth = {r["depth"]: r["ufm_value"] for r in rows if r.get("ufm_value") is not None}
-    if not by_depth:
-        return ""
-    values = sorted(set(by_depth.values()))
-    if len(values) == 1:
-        return f"UFM* = {values[0]:.6g} (a lower bound on every J_L*)."
-    lo, hi = min(by_depth), max(by_depth)
-    return (
-        f"UFM* changes with depth (λ depends on L): {by_depth[lo]:.6g} at L = {lo} to "
-        f"{by_depth[hi]:.6g} at L = {hi}; each row's gap is to its own UFM*."
-    )
-
-
-def markdown_summary(result: Any) -> str:
-    """The sweep as Markdown: the per-depth table (mean ± std over seeds, converged runs out of
-    all), the certificates, the 2×-budget checks, the rates and the verdict."""
-    rows = [r for r in result.rows if _ok(r)]
-    cols = [
-        ("objective", "J_L"),
-        ("objective_gap", "J_L − UFM*"),
-        ("body_penalty", "body penalty"),
-        ("nc1", "NC1"),
-        ("nc2_ufm", "NC2 (vs optimum)"),
-        ("nc3", "NC3"),
-        ("grad_norm", "‖∇J‖"),
-        ("test_acc", "test acc"),
-    ]
-    cols = [(k, h) for k, h in cols if any(k in r for r in rows)]
-    out = [
-        "| L | converged | " + " | ".join(h for _, h in cols) + " |",
-        "|---|---|" + "---|" * len(cols),
-    ]
-    for s in result.summary:
-        cells = []
-        for k, _ in cols:
-            m, sd = s.get(f"{k}_mean"), s.get(f"{k}_std")
-            cells.append(
-                _fmt(m) + (f" ± {_fmt(sd, 2)}" if sd is not None and math.isfinite(sd) else "")
-            )
-        out.append(
-            f"| {s['depth']} | {s.get('n_converged', 0)}/{s['n_seeds']} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    out += ["", ufm_line(rows)]
-    mono = result.monotone or {}
-    if mono.get("ok"):
-        out.append(
-            "Monotone certificate: every run is at or below every shallower run of its seed "
-            f"(tolerance {mono.get('tolerance'):g})."
-        )
-    for v in mono.get("violations", []):
-        out.append(
-            f"Not at the optimum: seed {v['seed']}, depth {v['depth']}: J = {v['objective']:.5g} "
-            f"> {v['shallower_objective']:.5g} at depth {v['shallower_depth']}."
-        )
-    out += seed_certificate_lines(mono)
-    for c in result.budget_checks:
-        if c.get("status") == "ok":
-            ran = c.get("iterations_run")
-            out.append(
-                f"2×-budget rerun at L = {c['depth']}"
-                + (f" ({ran} more iterations, fresh optimiser state)" if ran is not None else "")
-                + f": J {c['objective']:.5g} → {c['objective_2x']:.5g} "
-                f"({100 * c['rel_improvement_2x']:+.2f}%; rerun converged: {c['converged_2x']}) → "
-                f"{'passes' if c['ok'] else 'fails'} (tolerance {100 * c['tolerance']:g}%)."
-            )
-        else:
-            out.append(f"2×-budget rerun at L = {c['depth']}: {c.get('status')} → fails.")
-    out += [
-        "",
-        "| metric | slope | 95% interval | local slopes | limit a of a + C·L^−α [95%] | α "
-        "| depth where the fit reaches the target |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in result.rates:
-        if r.get("note"):
-            out.append(f"| {r['metric']} | – | {r['note']} | | | | |")
-            continue
-        ci = f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] ({r['ci_method']}, {r['n_seeds']} seeds)"
-        local = ", ".join(f"{x[2]:+.2f}" for x in r.get("local_slopes", []))
-        if r.get("limit_note") or not math.isfinite(float(r.get("limit", math.nan))):
-            limit, alpha = f"– ({r.get('limit_note') or 'no fit'})", "–"
-        else:
-            limit = f"{r['limit']:.3g} [{r['limit_ci_low']:.3g}, {r['limit_ci_high']:.3g}]"
-            alpha = f"{r['limit_alpha']:.2f}"
-        target = float(r.get("limit_target", math.nan))
-        if math.isfinite(target) and math.isfinite(float(r.get("limit", math.nan))):
-            lo, hi = r["depth_at_target_ci"]
-            depth = f"{_depth(r['depth_at_target'])} [{_depth(lo)}, {_depth(hi)}] (to {target:.3g})"
-        else:
-            depth = "–"
-        out.append(
-            f"| {r['metric']} | {r['slope']:+.3f} | {ci} | {local} | {limit} | {alpha} | {depth} |"
-        )
-    v = result.verdict or {}
-    if v:
-        out += ["", f"**Verdict** (expect {v['expect']}): **{v['verdict']}**: {v['reason']}"]
-        out += [f"- {m['metric']}: {m['verdict']}: {m['reason']}" for m in v.get("per_metric", [])]
-    return "\n".join(out)
-
-
-def _depth(x: Any) -> str:
-    x = float(x)
-    if math.isnan(x):
-        return "–"
-    return "∞" if math.isinf(x) else f"{x:.3g}"
 
 
 def long_summary(summary: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[dict]:
@@ -596,7 +443,7 @@ def load_results(out_dir: str | os.PathLike[str], table: str = "results") -> Any
     return df
 
 
-def _finished(out: Path) -> list[dict[str, Any]]:
+def _finished(out: Path) -> list[Row]:
     return [r for r in read_rows(out) if _ok(r)]
 
 
@@ -631,8 +478,11 @@ def _history(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _save_png(path: Path, fig: Any) -> None:
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=150, bbox_inches="tight"))
+def _save_figure(path: Path, fig: Any, fmt: str = "png") -> None:
+    def save(fh: Any) -> None:
+        fig.savefig(fh, format=fmt, dpi=150, bbox_inches="tight")
+
+    atomic_write(path, save)
 
 
 def _extra_figures(out: Path, rows: Sequence[Mapping[str, Any]], paths: dict[str, Path]) -> None:
@@ -648,7 +498,7 @@ def _extra_figures(out: Path, rows: Sequence[Mapping[str, Any]], paths: dict[str
             for layer in json.loads(path.read_text()):
                 profiles.append({"depth": r["depth"], "seed": r["seed"], **layer})
     if profiles:
-        _save_png(paths["layers_png"], plot_layer_profile(profiles, "nc1"))
+        _save_figure(paths["layers_png"], plot_layer_profile(profiles, "nc1"))
     seed = min(r["seed"] for r in rows)
     deepest = max((r for r in rows if r["seed"] == seed), key=lambda r: r["depth"])
     metrics_file = out / deepest["run_dir"] / "metrics.json"
@@ -665,9 +515,17 @@ def _extra_figures(out: Path, rows: Sequence[Mapping[str, Any]], paths: dict[str
         if points:
             fig = plot_history(
                 points, ("nc1", "nc3"), title=f"depth {deepest['depth']}, seed {seed}",
-                xlabel="L-BFGS iteration" if deepest.get("optimizer") == "lbfgs" else "epoch",
+                xlabel=_unit(deepest.get("optimizer")),
             )
-            _save_png(paths["history_png"], fig)
+            _save_figure(paths["history_png"], fig)
+
+
+def _unit(optimizer: str | None) -> str:
+    """The x axis of a history: a full-batch optimizer's iterations (its label), else epochs."""
+    from deepnet import OPTIMIZERS
+
+    spec = OPTIMIZERS.get(optimizer or "")
+    return f"{spec.label} iteration" if spec is not None and spec.full_batch else "epoch"
 
 
 def _title(preset: Preset, rows: Sequence[Mapping[str, Any]]) -> str:

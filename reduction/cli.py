@@ -8,16 +8,16 @@ Examples::
     deepcollapse report results/cpu-rn1-mnist
     deepcollapse measure features.npz --lam 0.005
 
-Output, errors, progress and Ctrl-C follow :mod:`deepcollapse.output`. ``presets``, ``report``
-and ``measure`` import no torch until they need it (``measure`` needs it for the metrics).
+Output, errors, progress and Ctrl-C follow :mod:`deepcollapse.output`; a sweep's result is shown
+by :mod:`reduction.render` (text, or ``--markdown``). ``presets``, ``report`` and ``measure``
+import no torch until they need it (``measure`` needs it for the metrics; ``report`` to check
+the runs' fingerprints).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,130 +59,13 @@ def _overrides(items: Sequence[str], args: argparse.Namespace) -> dict[str, Any]
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise CliError(f"--set expects KEY=VALUE, got {item!r}")
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
         out[key.strip().replace("-", "_")] = _parse_value(value)
     for name in ("epochs", "lr", "device", "data_root", "n_per_class"):
-        value = getattr(args, name, None)
-        if value is not None:
-            out[name] = value
+        flag = getattr(args, name, None)
+        if flag is not None:
+            out[name] = flag
     return out
-
-
-def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "nan"
-        return f"{x:.4g}"
-    return str(x)
-
-
-def _cell(m: Any, sd: Any) -> str:
-    if m is None:
-        return f"{'-':>20}"
-    if sd is None or not math.isfinite(sd):  # one seed: no spread to show
-        return f"{_fmt(m):>10}{'':<10}"
-    return f"{_fmt(m):>10} ± {_fmt(sd):<7}"
-
-
-def print_summary(result: Any, file: Any = sys.stdout) -> None:
-    """Per depth: mean ± std of J, the sandwich, NC1–NC3, ‖∇J‖ and the converged count; then
-    the monotone certificate, the budget checks and the fitted rates."""
-    from reduction.registry import table_columns
-
-    cols = [name for name, _ in table_columns()]
-    head = dict(table_columns())
-    print(f"\n{result.preset.name}: {len(result.rows)} runs -> {result.out_dir}", file=file)
-    print(
-        "depth  runs  conv  " + "  ".join(f"{head.get(c, c):>20}" for c in cols),
-        file=file,
-    )
-    for s in result.summary:
-        cells = [_cell(s.get(f"{c}_mean"), s.get(f"{c}_std")) for c in cols]
-        print(
-            f"{s['depth']:>5}  {s['n_seeds']:>4}  {s.get('n_converged', 0):>4}  "
-            + "  ".join(cells),
-            file=file,
-        )
-    from reduction.aggregate import seed_certificate_lines, ufm_line
-
-    line = ufm_line([r for r in result.rows if r.get("status", "ok") == "ok"])
-    if line:
-        print(line, file=file)
-    mono = result.monotone
-    if mono:
-        if mono.get("ok"):
-            print(
-                "monotone certificate: J_L ≤ min over shallower depths of J_L' for every seed "
-                f"(tolerance {mono['tolerance']:g} relative)",
-                file=file,
-            )
-        for v in mono.get("violations", []):
-            print(
-                f"  NOT AT THE OPTIMUM: seed {v['seed']} depth {v['depth']}: J = "
-                f"{v['objective']:.6g} > J = {v['shallower_objective']:.6g} at depth "
-                f"{v['shallower_depth']} ({100 * v['rel_excess']:+.3g}%)",
-                file=file,
-            )
-        for line in seed_certificate_lines(mono):
-            print(("  " if not mono.get("seed_ok") else "") + line[0].lower() + line[1:], file=file)
-    for c in result.budget_checks:
-        if c.get("status") != "ok":
-            print(f"  2x-budget rerun at L={c['depth']}: {c.get('status')}", file=file)
-            continue
-        print(
-            f"  2x-budget rerun L={c['depth']}: J {c['objective']:.6g} -> {c['objective_2x']:.6g} "
-            f"(improvement {100 * c['rel_improvement_2x']:+.3f}%, tolerance "
-            f"{100 * c['tolerance']:g}%; rerun converged: {c['converged_2x']}) -> "
-            + ("ok" if c["ok"] else "FAILED"),
-            file=file,
-        )
-    unconverged = [r for r in result.rows if r.get("status") == "ok" and not r.get("converged")]
-    if unconverged:
-        print(
-            f"  WARNING: {len(unconverged)} run(s) did not meet the convergence criteria "
-            "(column converged = False; not_converged_because says why); rates use converged "
-            "runs only.",
-            file=file,
-        )
-    failed = [r for r in result.rows if r.get("status", "ok") != "ok"]
-    for r in failed:
-        print(
-            f"  FAILED: depth {r['depth']} seed {r['seed']}: {r['status']}: {r.get('error')}",
-            file=file,
-        )
-    print(
-        "\nlog–log slope vs depth (converged runs at depths > 0; interval over seeds; "
-        "local slopes between consecutive depths; one power law = no significant curvature):",
-        file=file,
-    )
-    for r in result.rates:
-        if r.get("note"):
-            print(f"  {r['metric']:>18}: {r['note']}", file=file)
-            continue
-        if math.isfinite(r.get("ci_low", math.nan)):
-            ci = (
-                f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] "
-                f"({r['ci_method']}, {r['n_seeds']} seeds)"
-            )
-        else:
-            ci = "(one seed: no interval)"
-        local = ", ".join(f"{s:+.2f}" for _, _, s in r.get("local_slopes", []))
-        power = {True: "yes", False: "NO (curved)", None: "untestable"}[r.get("one_power_law")]
-        print(
-            f"  {r['metric']:>18}: {r['slope']:+.3f} {ci}  r² {r['r2']:.3f}  "
-            f"local [{local}]  one power law: {power}",
-            file=file,
-        )
-    v = getattr(result, "verdict", None)
-    if v:
-        print(f"\nverdict (expect {v['expect']}): {v['verdict'].upper()}: {v['reason']}", file=file)
-        for m in v.get("per_metric", []):
-            print(f"  {m['metric']:>18}: {m['verdict']}: {m['reason']}", file=file)
-    for key in ("results", "summary", "rates", "png", "pdf"):
-        print(f"{key:>8}: {result.paths[key]}", file=file)
-
-
-CliError = UserError  # the name earlier versions raised
 
 
 def build_parser(prog: str = "deepcollapse") -> argparse.ArgumentParser:
@@ -326,10 +209,10 @@ def _run(args: argparse.Namespace) -> int:
             gpus_per_unit=args.gpus_per_unit,
             batch_seeds=args.batch_seeds,
         )
-    if getattr(args, "markdown", False):
-        from reduction.aggregate import markdown_summary
+    from reduction.render import to_markdown, to_text
 
-        print(markdown_summary(result))
+    if getattr(args, "markdown", False):
+        print(to_markdown(result))
         return 0
     if args.json:
         print_json(
@@ -346,7 +229,7 @@ def _run(args: argparse.Namespace) -> int:
             }
         )
     else:
-        print_summary(result)
+        print(to_text(result))
     return 0
 
 

@@ -273,8 +273,8 @@ def _classifier_arg(
 def _model_device(model: nn.Module) -> torch.device:
     for t in model.parameters():
         return t.device
-    for t in model.buffers():
-        return t.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -532,7 +532,7 @@ def _pass(
     K: int,
     W: torch.Tensor | None,
     b: torch.Tensor | None,
-    global_mean: str,
+    global_mean: Literal["sample", "class"],
     choose: Any,
     kept: dict[str, list[torch.Tensor]] | None,
     labels: list[torch.Tensor] | None,
@@ -576,7 +576,7 @@ def _pass(
                     dev,
                     W=W if n in use_w else None,
                     b=b if n in use_w else None,
-                    global_mean=global_mean,  # type: ignore[arg-type]
+                    global_mean=global_mean,
                 )
         for n in names:
             h, acc = pooled[n], accs[n]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from scipy.special import logsumexp
 import ufm
 
 from .explain import Report
+
+if TYPE_CHECKING:
+    from .collect import Layout, Pool
 from .formulas import _unit_scale
 from .metrics import _as_tensor
 
@@ -197,7 +200,7 @@ def problem_from_features(
     W: Any,
     b: Any = None,
     *,
-    lam: float,
+    lam: float | None,
     loss: str = "ce",
     tol: float = 1e-4,
 ) -> ufm.Problem:
@@ -347,8 +350,8 @@ def distance_to_optimum(
     loader: Any = None,
     classifier: str | None = None,
     layer: str | None = None,
-    pool: str = "flatten",
-    layout: str | None = None,
+    pool: Pool = "flatten",
+    layout: Layout | None = None,
     device: Any = None,
 ) -> Report:
     """Compare (features (N, d) as rows, labels (N,), W (K, d), b (K,) or None) with the optimum.

@@ -1,10 +1,14 @@
-"""Where a sweep's jobs run: in this process, on a local process pool, or on a Ray cluster.
+"""Where a sweep's jobs run: in this process, with the seeds of a depth batched into one model,
+on a local process pool, or on a Ray cluster.
 
 A job is a continuation chain (the depths of one seed, in increasing order: each starts from the
 one before) or a single unit, or a 2×-budget rerun. Whatever runs it, each run folder has one
 writer, and the driver rebuilds results.csv from the finished run folders.
 
 - ``serial``: in this process (any trainer, e.g. a test's).
+- ``batched``: in this process, the fresh units of one depth, all seeds at once, as one batched
+  model (:func:`deepnet.train_batched`; first-order optimizers only); units with a checkpoint
+  (interrupted) resume one by one, and a depth where a seed diverged is redone seed by seed.
 - ``local``: a ``spawn`` process pool, one single-threaded worker per core; on Linux each worker
   dies with the driver (PR_SET_PDEATHSIG), so a killed sweep leaves no orphan writing a folder
   that the resumed sweep also writes. A worker that dies (a signal, the out-of-memory killer)
@@ -30,9 +34,31 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from deepcollapse.files import atomic_write
+from deepnet import CorruptSourceError, TrainingDivergedError, train
+from reduction.budget import budget_unit
+from reduction.layout import ROW, read_row, run_dir_of, running_pid, unit_folder
+from reduction.plan import Sweep
+from reduction.registry import Row
+from reduction.unit import (
+    DataCache,
+    Trainer,
+    collapse_hook,
+    discard_source,
+    is_final,
+    record_worker_death,
+    run_chain,
+    run_unit,
+    source_of,
+)
+
+if TYPE_CHECKING:
+    from deepnet import RunResult
+    from deepnet.data import Dataset
 
 BACKENDS = ("local", "ray")
 RAY_CONNECT_TIMEOUT_S = 10.0
@@ -50,23 +76,34 @@ class Job:
     def folders(self) -> list[str]:
         if self.kind == "budget":
             (d,) = self.depths
-            return [f"runs/L{d}-s{self.seed}", f"budget2x/runs/L{d}-s{self.seed}"]
+            return [unit_folder(d, self.seed), unit_folder(d, self.seed, budget=True)]
         # a chain also reads the finished shallower runs its first unit may continue from
-        return [f"runs/L{d}-s{self.seed}" for d in self.depths]
+        return [unit_folder(d, self.seed) for d in self.depths]
+
+
+def sweep_jobs(sweep: Sweep) -> list[Job]:
+    """The jobs of a sweep's units: one chain per seed (continuation), else one job per unit,
+    deepest first so that the slowest start early."""
+    if sweep.continuation:
+        return [Job("chain", s, sweep.depths) for s in sweep.seeds]
+    return [Job("chain", s, (d,)) for d in sorted(sweep.depths, reverse=True) for s in sweep.seeds]
+
+
+def budget_jobs(sweep: Sweep) -> list[Job]:
+    """The 2×-budget reruns (first seed), to run once the 1× units they extend are finished."""
+    return [Job("budget", sweep.seeds[0], (d,)) for d in sweep.budget_depths()]
 
 
 @dataclass
 class Context:
     """Everything a worker needs to run a job (picklable)."""
 
-    preset: Any
-    overrides: dict[str, Any]
+    sweep: Sweep
     out: Path
-    data: Any = None
-    trainer: Callable[..., Any] | None = None
+    data: Dataset | None = None
+    trainer: Trainer | None = None
     progress: bool = False
-    extra_folders: list[str] = field(default_factory=list)
-    preloaded: Any = None  # the first seed's data, already loaded (serial executor only)
+    preloaded: Dataset | None = None  # the first seed's data, already loaded (in process only)
 
 
 def default_workers() -> int:
@@ -78,32 +115,30 @@ def default_workers() -> int:
 
 
 #: one unit's outcome in a job: (depth, seed, trained, the row when it could not be written)
-Outcome = tuple[int, int, bool, dict[str, Any] | None]
+Outcome = tuple[int, int, bool, Row | None]
+#: called with a finished job and its outcomes; returns the jobs it makes ready
+OnDone = Callable[[Job, list[Outcome]], Sequence[Job]]
 
 
 def run_job(job: Job, ctx: Context, after_unit: Callable[[], None] | None = None) -> list[Outcome]:
     """Run ``job`` in this process; returns one :data:`Outcome` per unit. ``after_unit`` is
     called as each unit finishes."""
-    from deepnet import train
-    from deepnet.io import CorruptSourceError
-    from reduction.sweep import DataCache, budget_unit, discard_source, run_chain
-
     trainer = ctx.trainer or train
-    data = DataCache(ctx.preset, ctx.overrides, ctx.data, ctx.preloaded)
+    data = DataCache(ctx.sweep, ctx.data, ctx.preloaded)
     if job.kind == "budget":
         (depth,) = job.depths
         try:
             did = budget_unit(
-                ctx.preset, depth, job.seed, ctx.out, data, ctx.overrides, ctx.progress, trainer
+                ctx.sweep, depth, job.seed, ctx.out, data, ctx.progress, trainer
             )
         except CorruptSourceError as err:  # the 1x run it starts from lost its checkpoint
             discard_source(err, ctx.out)  # redone by the next sweep; this check is "missing"
             did = False
         return [(depth, job.seed, did, None)]
-    preset = replace(ctx.preset, depths=job.depths)
+    chain = ctx.sweep.with_depths(job.depths)
     out: list[Outcome] = []
     for depth, did, unsaved in run_chain(
-        preset, job.seed, ctx.out, data.get(job.seed), ctx.overrides, ctx.progress, trainer
+        chain, job.seed, ctx.out, data.get(job.seed), ctx.progress, trainer
     ):
         out.append((depth, job.seed, did, unsaved))
         if after_unit is not None:
@@ -143,25 +178,19 @@ class Executor:
     serial = False
 
     def __init__(self) -> None:
-        self.lost_rows: list[dict[str, Any]] = []
+        self.lost_rows: list[Row] = []
 
     def run(
-        self,
-        jobs: Sequence[Job],
-        ctx: Context,
-        on_done: Callable[[Job, list[Outcome]], Sequence[Job]],
-        poll: Callable[[], None],
+        self, jobs: Sequence[Job], ctx: Context, on_done: OnDone, poll: Callable[[], None]
     ) -> None:
         raise NotImplementedError
 
-    def check_data(self, preset: Any, overrides: dict[str, Any]) -> Any:
+    def check_data(self, sweep: Sweep) -> Dataset | None:
         """Load the sweep's data where the units will load it (ValueError, one line, when it
         cannot be); returns it when it was loaded in this process."""
-        from reduction.sweep import check_sweep_data
+        return sweep.check_data()
 
-        return check_sweep_data(preset, overrides)
-
-    def take_lost_rows(self) -> list[dict[str, Any]]:
+    def take_lost_rows(self) -> list[Row]:
         rows, self.lost_rows = self.lost_rows, []
         return rows
 
@@ -172,13 +201,87 @@ class Executor:
 class SerialExecutor(Executor):
     serial = True
 
-    def run(self, jobs, ctx, on_done, poll):  # type: ignore[override]
+    def run(
+        self, jobs: Sequence[Job], ctx: Context, on_done: OnDone, poll: Callable[[], None]
+    ) -> None:
         queue = list(jobs)
         while queue:
             job = queue.pop(0)
             result = run_job(job, ctx, after_unit=poll)
             poll()
             queue.extend(on_done(job, result))
+
+
+class BatchedExecutor(SerialExecutor):
+    """Depth after depth, train every seed's fresh unit at once (:func:`deepnet.train_batched`)
+    and measure each like any unit; units with a checkpoint (interrupted) resume one by one,
+    and when a seed diverges the depth is redone seed by seed to isolate it. Then each job is
+    reported done, and the jobs that makes ready (the 2×-budget reruns) run serially."""
+
+    def run(
+        self, jobs: Sequence[Job], ctx: Context, on_done: OnDone, poll: Callable[[], None]
+    ) -> None:
+        datasets = DataCache(ctx.sweep, ctx.data, ctx.preloaded)
+        by_unit: dict[tuple[int, int], Outcome] = {}
+        for _ in range(len(ctx.sweep.depths) + 1):
+            try:
+                for outcome in _batched_pass(ctx.sweep, ctx.out, datasets, poll):
+                    by_unit[outcome[:2]] = outcome
+                break
+            except CorruptSourceError as err:
+                discard_source(err, ctx.out)
+        else:
+            raise ValueError(f"{ctx.out}: the runs keep losing their checkpoints; check the disk")
+        ready: list[Job] = []
+        for job in jobs:
+            done = [by_unit[(d, job.seed)] for d in job.depths if (d, job.seed) in by_unit]
+            ready.extend(on_done(job, done))
+        super().run(ready, ctx, on_done, poll)
+
+
+def _batched_pass(
+    sweep: Sweep, out: Path, datasets: DataCache, after: Callable[[], None]
+) -> list[Outcome]:
+    """One pass of :class:`BatchedExecutor` over the depths; a finished source whose checkpoint
+    is unreadable raises CorruptSourceError (moved aside and redone, as in a chain)."""
+    from deepnet import train_batched
+
+    outcomes: list[Outcome] = []
+    source: dict[int, str | None] = {s: None for s in sweep.seeds}
+    for depth in sweep.depths:
+        fresh, configs = [], []
+        for seed in sweep.seeds:
+            folder = run_dir_of(out, depth, seed)
+            row = read_row(folder)
+            if (row is None or not is_final(row)) and not (folder / "checkpoint.pt").exists():
+                fresh.append(seed)
+                configs.append(sweep.config(depth, seed, source[seed]))
+        results: dict[int, RunResult] = {}
+        if fresh:
+            data = datasets.get(fresh[0])
+            try:
+                done = train_batched(
+                    configs,
+                    data,
+                    run_dirs=[run_dir_of(out, depth, s) for s in fresh],
+                    eval_hook=collapse_hook(data),
+                )
+                results = dict(zip(fresh, done))
+            except TrainingDivergedError:
+                results = {}  # one seed diverged: run them one by one to isolate it
+        for seed in sweep.seeds:
+            pre = results.get(seed)
+
+            def trainer(config: Any, pre: RunResult | None = pre, **kw: Any) -> RunResult:
+                return pre if pre is not None else train(config, **kw)
+
+            row, did = run_unit(
+                sweep, depth, seed, out, datasets.get(seed), False, trainer, source[seed]
+            )
+            outcomes.append((depth, seed, did, row if row.get("unsaved") else None))
+            source[seed] = source_of(row, depth) or source[seed]
+            after()
+    return outcomes
 
 
 #: pool breaks in a row that no unit can be blamed for (workers dying outside any unit) before
@@ -210,7 +313,9 @@ class PoolExecutor(Executor):
         super().__init__()
         self.workers = workers
 
-    def run(self, jobs, ctx, on_done, poll):  # type: ignore[override]
+    def run(
+        self, jobs: Sequence[Job], ctx: Context, on_done: OnDone, poll: Callable[[], None]
+    ) -> None:
         _check_picklable(ctx)
         queue, unexplained = list(jobs), 0
         while queue:
@@ -296,7 +401,7 @@ class PoolExecutor(Executor):
         running is blamed."""
         import logging
 
-        from reduction.sweep import RUNNING, record_worker_death, running_pid
+        from reduction.layout import RUNNING
 
         codes = {pid: p.exitcode for pid, p in procs.items()}
         culprits = {pid for pid, c in codes.items() if c not in (None, 0, -signal.SIGTERM)}
@@ -309,7 +414,7 @@ class PoolExecutor(Executor):
         blamed = [(f, pid) for f, pid in running if pid in culprits] if culprits else running
         for folder, pid in blamed:
             cause = describe_exit(codes[pid])
-            row = record_worker_death(ctx.out, folder, cause, ctx.preset, ctx.overrides)
+            row = record_worker_death(ctx.out, folder, cause, ctx.sweep)
             if row.get("unsaved"):
                 self.lost_rows.append(row)
             logging.getLogger("deepcollapse").warning(
@@ -338,11 +443,14 @@ def _read_folders(root: Path, folders: Sequence[str]) -> dict[str, bytes]:
 
 
 def _write_files(root: Path, files: dict[str, bytes]) -> None:
-    from deepnet.io import atomic_write
-
     # row.json last: its presence marks a unit finished
-    for rel in sorted(files, key=lambda r: r.endswith("row.json")):
-        atomic_write(root / rel, lambda fh, data=files[rel]: fh.write(data))
+    for rel in sorted(files, key=lambda r: r.endswith(ROW)):
+        data = files[rel]
+
+        def write(fh: Any, data: bytes = data) -> None:
+            fh.write(data)
+
+        atomic_write(root / rel, write)
 
 
 def ray_job(job: Job, ctx: Context, files: dict[str, bytes]) -> tuple[list, dict[str, bytes]]:
@@ -399,22 +507,20 @@ def _check_address(address: str) -> None:
         )
 
 
-def _data_error(preset: Any, overrides: dict[str, Any]) -> str | None:
+def _data_error(sweep: Sweep) -> str | None:
     """On a Ray worker: why the sweep's data cannot be loaded there (None when it can)."""
-    from reduction.sweep import check_sweep_data
-
     try:
-        check_sweep_data(preset, overrides)
+        sweep.check_data()
     except ValueError as err:
         return str(err)
     return None
 
 
-def _unwritten_rows(files: dict[str, bytes], err: OSError) -> list[dict[str, Any]]:
+def _unwritten_rows(files: dict[str, bytes], err: OSError) -> list[Row]:
     """The rows a Ray job brought back that the driver could not write: failed, with why."""
     rows = []
     for rel, data in files.items():
-        if rel.endswith("/row.json"):
+        if rel.endswith(f"/{ROW}"):
             with contextlib.suppress(ValueError, UnicodeDecodeError):
                 row = json.loads(data)
                 row["error"] = f"the run folder cannot be written ({type(err).__name__}: {err})"
@@ -466,15 +572,17 @@ class RayExecutor(Executor):
             self.started = False
             self.ray.shutdown()
 
-    def check_data(self, preset: Any, overrides: dict[str, Any]) -> Any:
+    def check_data(self, sweep: Sweep) -> Dataset | None:
         """Load the data on a worker (where the units will: the driver may not hold it)."""
         check = self.ray.remote(num_cpus=1, num_gpus=0)(_data_error)
-        error = self.ray.get(check.remote(preset, overrides))
+        error = self.ray.get(check.remote(sweep))
         if error:
             raise ValueError(error)
         return None
 
-    def run(self, jobs, ctx, on_done, poll):  # type: ignore[override]
+    def run(
+        self, jobs: Sequence[Job], ctx: Context, on_done: OnDone, poll: Callable[[], None]
+    ) -> None:
         ray = self.ray
         remote = ray.remote(num_cpus=1, num_gpus=self.gpus)(ray_job)
         ctx_ref = ray.put(replace(ctx, progress=False))
@@ -509,14 +617,24 @@ class RayExecutor(Executor):
         """The finished shallower runs a chain may continue from (its own folders hold the rest)."""
         if job.kind != "chain":
             return []
-        return [f"runs/L{d}-s{job.seed}" for d in range(0, min(job.depths))]
+        return [unit_folder(d, job.seed) for d in range(0, min(job.depths))]
 
 
 def make_executor(
-    backend: str, workers: int | None, address: str | None = None, gpus: float | None = None
+    backend: str,
+    workers: int | None,
+    address: str | None = None,
+    gpus: float | None = None,
+    batched: bool = False,
 ) -> Executor:
+    """The executor of ``backend`` with ``workers`` (``batched``: the seeds of a depth as one
+    model, in this process)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if batched:
+        if backend != "local" or address is not None:
+            raise ValueError("batched seeds train in this process: use --backend local")
+        return BatchedExecutor()
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be ≥ 1, got {workers}")
     if backend == "ray":

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from deepcollapse.output import add_standard_options, dumps, one_line, require
+from deepcollapse.output import add_standard_options, dumps, require
 
 from .explain import format_report
 
@@ -32,8 +32,8 @@ __all__ = ["add_measure_arguments", "measure_features", "measure_npz", "run_meas
 
 REQUIRED = ("features", "labels", "W")
 
-# aliases and internals that the table leaves out (the JSON keeps them)
-_SKIP = {"equinorm", "equiangularity", "feature_penalty", "ufm_objective", "ufm_gap"}
+# internals that the table leaves out (the JSON keeps them)
+_SKIP = {"feature_penalty", "ufm_objective", "ufm_gap"}
 
 
 def _plain(v: Any) -> Any:
@@ -172,23 +172,19 @@ def format_table(result: dict[str, Any], all: bool = False) -> str:
 
 
 def run_measure(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    """Run ``measure`` from parsed arguments: 0 on success; on a user error one line
-    ``error: ...`` on stderr and 2."""
+    """Run ``measure`` from parsed arguments: 0 on success; a user error is a ValueError, which
+    the command's :func:`deepcollapse.output.run_command` prints as one line (exit 2)."""
+    if args.lam is None:
+        raise ValueError("--lam is required: λ_W, the classifier's weight decay")
     try:
-        if args.lam is None:
-            raise ValueError("--lam is required: λ_W, the classifier's weight decay")
-        try:
-            lam = float(args.lam)
-        except (TypeError, ValueError):
-            raise ValueError(f"--lam must be a positive number, got {args.lam!r}") from None
-        if not (math.isfinite(lam) and lam > 0):
-            raise ValueError(f"--lam must be a positive number, got {args.lam!r}")
-        if args.loss not in ("ce", "mse"):
-            raise ValueError(f"--loss must be ce or mse, got {args.loss!r}")
-        result = measure_npz(args.file, lam=lam, loss=args.loss)
-    except ValueError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
+        lam = float(args.lam)
+    except (TypeError, ValueError):
+        raise ValueError(f"--lam must be a positive number, got {args.lam!r}") from None
+    if not (math.isfinite(lam) and lam > 0):
+        raise ValueError(f"--lam must be a positive number, got {args.lam!r}")
+    if args.loss not in ("ce", "mse"):
+        raise ValueError(f"--loss must be ce or mse, got {args.loss!r}")
+    result = measure_npz(args.file, lam=lam, loss=args.loss)
     if getattr(args, "json", False):
         print(dumps(result), file=out)
     else:

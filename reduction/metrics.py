@@ -105,6 +105,14 @@ def _not_numbers(name: str, arr: np.ndarray) -> str:
     return f"{name} must be numbers, got {what}"
 
 
+def _differ(mine: torch.Tensor | None, theirs: torch.Tensor | None, dev: Any) -> bool:
+    """Whether two optional tensors differ: one given and not the other, or unequal values
+    (``theirs`` moved to ``dev`` first, unless None)."""
+    if mine is None or theirs is None:
+        return (mine is None) != (theirs is None)
+    return not torch.equal(mine, theirs if dev is None else theirs.to(dev))
+
+
 def _features(x: Any, dim: int, device: torch.device | None, cast: bool = True) -> torch.Tensor:
     """Validate an (N, d) feature batch; return it on ``device`` (as float64 if ``cast``).
 
@@ -138,14 +146,14 @@ def _max_abs(t: torch.Tensor) -> float:
     """
     if t.numel() == 0:
         return 0.0
-    lo, hi = torch.aminmax(t)
-    lo, hi = float(lo), float(hi)
+    lo_t, hi_t = torch.aminmax(t)
+    lo, hi = float(lo_t), float(hi_t)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return math.nan
     return max(-lo, hi)
 
 
-def _labels(y: Any, n: int, num_classes: int, device: torch.device) -> torch.Tensor:
+def _labels(y: Any, n: int, num_classes: int, device: torch.device | None) -> torch.Tensor:
     """Validate integer labels in [0, K) with one label per feature row; return int64 on device."""
     t = _as_tensor(y, "labels", device)
     if t.ndim != 1:
@@ -165,7 +173,9 @@ def _labels(y: Any, n: int, num_classes: int, device: torch.device) -> torch.Ten
     return t
 
 
-def _classifier(W: Any, b: Any, num_classes: int, dim: int, device: torch.device):
+def _classifier(
+    W: Any, b: Any, num_classes: int, dim: int, device: torch.device | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Validate W (K, d) and optional b (K,); return float64 tensors on device."""
     Wt = _as_tensor(W, "W", device)
     if Wt.ndim != 2 or tuple(Wt.shape) != (num_classes, dim):
@@ -425,27 +435,17 @@ class CollapseAccumulator:
             self.cos_count += c
 
     def _combine(
-        self,
-        cnt: torch.Tensor,
-        sums: torch.Tensor,
-        wsq: torch.Tensor,
-        scatter: torch.Tensor | None = None,
-        rows: torch.Tensor | None = None,
+        self, cnt: torch.Tensor, sums: torch.Tensor, wsq: torch.Tensor, scatter: torch.Tensor
     ) -> None:
-        """Chan's parallel update: S = S_a + S_b + Σ_k (n_a n_b/n) δ_k δ_kᵀ, δ_k = μ_b − μ_a.
-
-        S_b is ``scatter``, or rowsᵀrows for centred ``rows`` (added in place by one addmm).
-        """
+        """Chan's parallel update: S = S_a + S_b + Σ_k (n_a n_b/n) δ_k δ_kᵀ, δ_k = μ_b − μ_a,
+        with S_b = ``scatter``."""
         na, nb = self.counts, cnt
         n = na + nb
         both = (na > 0) & (nb > 0)
         coef = torch.where(both, na * nb / n.clamp(min=1.0), 0.0)
         delta = sums / nb.clamp(min=1.0)[:, None] - self.sums / na.clamp(min=1.0)[:, None]
         delta = delta * both[:, None]  # a class missing on one side contributes no correction
-        if rows is not None:
-            self.scatter.addmm_(rows.T, rows)
-        else:
-            self.scatter += scatter
+        self.scatter += scatter
         self.scatter.addmm_((delta * coef[:, None]).T, delta)
         self.within_sq += wsq + coef * (delta * delta).sum(dim=1)
         self.counts += nb
@@ -465,6 +465,7 @@ class CollapseAccumulator:
         if not other._allocated:
             return self
         if not self._allocated:
+            assert other.device is not None  # an allocated accumulator has its device
             self._allocate(other.device)
         dev = self.device
         if self.n_samples == 0 and self.W is None and self.cos_count == 0 and other.W is not None:
@@ -474,14 +475,10 @@ class CollapseAccumulator:
             self.ncm_means = other.ncm_means.to(dev)  # likewise the nearest-class-mean reference
         if other.ncm_means is None and other.ncm_count == 0 and self.ncm_means is not None:
             pass  # other carries no pass-2 counts; nothing to reconcile
-        elif (self.ncm_means is None) != (other.ncm_means is None) or (
-            self.ncm_means is not None and not torch.equal(self.ncm_means, other.ncm_means.to(dev))
-        ):
+        elif _differ(self.ncm_means, other.ncm_means, dev):
             raise ValueError("cannot merge accumulators with different nearest-mean references")
         for name, mine, theirs in (("W", self.W, other.W), ("b", self.b, other.b)):
-            if (mine is None) != (theirs is None) or (
-                mine is not None and not torch.equal(mine, theirs.to(dev))
-            ):
+            if _differ(mine, theirs, dev):
                 raise ValueError(f"cannot merge accumulators built with different {name}")
         # bring both to the larger scale (power-of-two factors: exact)
         f = 1.0
@@ -543,6 +540,7 @@ class CollapseAccumulator:
         t = _pow2_at_least(m) if m > 0 else 1.0
         K, mu = self.num_classes, self.ncm_means / t
         # argmin ‖h − μ_k‖² = argmax (h·μ_k − ½‖μ_k‖²): logits and scores from one matmul
+        assert self._Wu is not None  # set with W (checked above)
         Wmu = torch.cat([self._Wu, mu]).T.contiguous()
         half_sq = 0.5 * (mu * mu).sum(dim=1)
         bias = None if self._bu is None else self._bu / t
@@ -591,11 +589,7 @@ class CollapseAccumulator:
             Wt, bt = self.W, self.b
         else:
             Wt, bt = _classifier(W, b, K, d, self.device)
-            if self.W is not None and (
-                not torch.equal(Wt, self.W)
-                or (bt is None) != (self.b is None)
-                or (bt is not None and not torch.equal(bt, self.b))
-            ):
+            if self.W is not None and (not torch.equal(Wt, self.W) or _differ(bt, self.b, None)):
                 raise ValueError("compute(W, b) differs from the classifier given at construction")
         n = self.counts.cpu().numpy()
         N = float(n.sum())
@@ -638,10 +632,8 @@ class CollapseAccumulator:
         out["nc2_means_ortho"] = nc2_distance(mu, I)
         out["equinorm_W"] = equinorm(W_np)
         out["equinorm_means"] = equinorm(Mbar)
-        out["equinorm"] = out["equinorm_W"]
         out["equiangularity_W"] = equiangularity(W_np)
         out["equiangularity_means"] = equiangularity(Mbar)
-        out["equiangularity"] = out["equiangularity_W"]
 
         if self.W is not None and self.cos_count == N:
             out["nc3"] = 1.0 - float(self.cos_sum.item()) / N
@@ -673,15 +665,6 @@ class CollapseAccumulator:
         state = self.__dict__.copy()
         state["_buf"] = None  # scratch buffers are not state (and are tens of MiB)
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        if "scale" not in state and state.get("_allocated"):
-            # pickled before the internal scale existed: unscaled statistics
-            self.scale = 1.0
-            self.seen_max = 1.0 if self.n_samples else 0.0
-        if "_Wu" not in state:
-            self._set_classifier(self.W, self.b)
 
     def state_dict(self) -> dict[str, Any]:
         """CPU numpy state, picklable; rebuild with :meth:`from_state_dict` and :meth:`merge`."""
@@ -727,9 +710,8 @@ class CollapseAccumulator:
         if state["ncm_means"] is not None:
             acc.ncm_means = torch.as_tensor(state["ncm_means"], dtype=_F64, device=dev)
         acc.ncm_agree, acc.ncm_count = int(state["ncm_agree"]), int(state["ncm_count"])
-        # states written before the internal scale existed hold unscaled statistics
-        acc.scale = float(state.get("scale", 1.0))
-        acc.seen_max = float(state.get("seen_max", 1.0 if acc.n_samples else 0.0))
+        acc.scale = float(state["scale"])
+        acc.seen_max = float(state["seen_max"])
         return acc
 
 

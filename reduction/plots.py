@@ -65,7 +65,7 @@ def _plain_log_ticks(ax: Any, axis: str = "y") -> None:
     target.set_minor_formatter(NullFormatter())
 
 
-def _shared_legend(fig: Figure, axes: Sequence[Any], rename: dict[str, str] | None = None) -> None:
+def _shared_legend(fig: Figure, axes: Any, rename: dict[str, str] | None = None) -> None:
     """One legend for the figure, below the panels: each label once (the first handle drawn
     with it), labels renamed by ``rename`` where a prefix matches."""
     seen: dict[str, Any] = {}

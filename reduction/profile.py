@@ -17,7 +17,9 @@ LN's ε). With ‖σ(W h)‖ ≤ ‖W h‖ ≤ ‖W‖_F √d:
   body ≥ λ P / (2√d): linear in the path, with no 1/L (why two-layer blocks need λ/L).
 
 ``body_bound`` is that bound and ``body_bound_ratio`` = body penalty / bound ≥ 1 (asserted in the
-tests); transformers and pre-LN networks get NaN (the bound above does not cover them).
+tests). Which form applies is read from the architecture's registry entry
+(:class:`deepnet.Arch`: ``path_bound``, ``layers_per_block``); architectures without it
+(transformers) and pre-LN networks get NaN (the bound above does not cover them).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepnet import ARCHS
 from reduction.metrics import CollapseAccumulator
 
 CHUNK = 4096
@@ -37,7 +40,8 @@ CHUNK = 4096
 def layer_profile(
     model: Any, x: torch.Tensor, y: torch.Tensor, num_classes: int, lam: float, arch: str, norm: str
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Per-layer rows and the path summary of a trained deepnet model on (x, y)."""
+    """Per-layer rows and the path summary of a trained deepnet model of architecture ``arch``
+    (a :data:`deepnet.ARCHS` name) on (x, y)."""
     was = model.training
     model.eval()
     try:
@@ -87,11 +91,13 @@ def layer_profile(
     path = float(sum(r["displacement"] for r in rows))
     distance = math.sqrt(total_sq / n)
     bound = math.nan
-    if depth and norm == "post" and arch in ("rn1", "rn2"):
+    spec = ARCHS[arch]
+    if depth and norm == "post" and spec.path_bound:
         d = width
-        bound = (
-            lam * path**2 / (8 * d * depth) if arch == "rn1" else lam * path / (2 * math.sqrt(d))
-        )
+        if spec.layers_per_block == 1:
+            bound = lam * path**2 / (8 * d * depth)
+        else:
+            bound = lam * path / (2 * math.sqrt(d))
     body = lam / 2 * sum(r["block_sq_norm"] for r in rows[1:]) if depth else 0.0
     summary = {
         "path_length": path,

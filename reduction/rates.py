@@ -34,7 +34,6 @@ __all__ = [
     "rate_table",
     "run_status",
     "summarize_by_depth",
-    "values_matrix",
     "verdict",
 ]
 
@@ -371,7 +370,7 @@ def _fit_limit_points(
             lo = float(_ALPHAS[max(i[r] - 1, 0)])
             hi = float(_ALPHAS[min(i[r] + 1, len(_ALPHAS) - 1)])
 
-            def f(al: float, r: int = r) -> float:
+            def f(al: float, r: int = int(r)) -> float:
                 return float(_nnls2(L[None, :] ** -al, V[r : r + 1])[2][0, 0])
 
             res = minimize_scalar(f, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
@@ -692,9 +691,9 @@ def rate_table(
             detail = f"fewer than 2 usable depths in every seed (usable depths {depths})"
             entry["note"] = f"{not_conv}; {detail}" if not_conv else detail
             continue
-        d = fit.to_dict()
-        n_used = d.pop("n")
-        entry.update(d)
+        fitted = fit.to_dict()
+        n_used = fitted.pop("n")
+        entry.update(fitted)
         entry["n_runs_used"] = n_used
         try:
             limit = fit_limit(depths, V, target=float(entry["limit_target"]), ci=ci)
@@ -907,17 +906,3 @@ def summarize_by_depth(rows: Rows, metrics: Sequence[str]) -> list[dict[str, Any
             row[f"{m}_max"] = float(vals.max()) if vals.size else math.nan
         out.append(row)
     return out
-
-
-def values_matrix(rows: Rows, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(depths (D,), values (S, D)) with one row per seed, NaN where a (seed, depth) is missing;
-    the input :func:`fit_rate` takes (use ``drop_invalid=True`` if anything is missing)."""
-    table = load_rows(rows)
-    depths = sorted({_depth_key(r["depth"]) for r in table})
-    seeds = sorted({r["seed"] for r in table}, key=str)
-    V = np.full((len(seeds), len(depths)), np.nan)
-    di = {d: j for j, d in enumerate(depths)}
-    si = {s: i for i, s in enumerate(seeds)}
-    for r in table:
-        V[si[r["seed"]], di[_depth_key(r["depth"])]] = float(r[metric])
-    return np.asarray(depths, dtype=np.float64), V

@@ -10,9 +10,8 @@ import torch
 
 from deepnet import TrainingDivergedError, load_result, train
 from deepnet.batched import LBFGS_MESSAGE, train_batched
-from deepnet.data import Dataset
-from tests.test_train import _dataset as _train_dataset
-from tests.test_train import _small
+
+pytestmark = pytest.mark.integration
 
 torch.set_num_threads(1)
 
@@ -25,11 +24,6 @@ NUMERIC = (
     "embedding_penalty",
     "train_acc",
 )
-
-
-def _dataset(kind: str = "image", n_per_class: int = 10, seed: int = 0) -> Dataset:
-    """test_train's separable synthetic data, N = 30 by default."""
-    return _train_dataset(kind, n_per_class, seed)
 
 
 def _hook(epoch, model, ev):
@@ -77,9 +71,9 @@ def _assert_same(batched, separate, tol: float) -> None:
         ("t11", "text", dict(loss="mse", batch_size=10, dtype="float64")),
     ],
 )
-def test_each_seed_matches_its_separate_run(arch, kind, extra):
-    data = _dataset(kind)
-    configs = [_small(arch=arch, seed=s, **extra) for s in SEEDS]
+def test_each_seed_matches_its_separate_run(arch, kind, extra, small_config, synthetic_data):
+    data = synthetic_data(kind, 10)
+    configs = [small_config(arch=arch, seed=s, **extra) for s in SEEDS]
     batched = train_batched(configs, data, eval_hook=_hook)
     separate = [train(c, data, progress=False, eval_hook=_hook) for c in configs]
     tol = 1e-10 if configs[0].torch_dtype_name == "float64" else 1e-5
@@ -91,13 +85,13 @@ def test_each_seed_matches_its_separate_run(arch, kind, extra):
         assert r.history[-1]["objective"] < 0.9 * r.history[0]["objective"]
 
 
-def test_run_dirs_continuation_and_extension(tmp_path):
+def test_run_dirs_continuation_and_extension(tmp_path, small_config, synthetic_data):
     """Batched depth 1 writes run folders as train does; batched depth 2 continues each seed from
     its own folder (relative init_from); train extends a batched schedule-free run exactly."""
-    data = _dataset("image")
+    data = synthetic_data("image", 10)
     kw = dict(lr_schedule="constant", dtype="float64", batch_size=8)
     seeds = SEEDS[:2]
-    l1 = [_small(depth=1, seed=s, **kw) for s in seeds]
+    l1 = [small_config(depth=1, seed=s, **kw) for s in seeds]
     train_batched(l1, data, run_dirs=[tmp_path / "b" / f"L1-s{s}" for s in seeds])
     for c, s in zip(l1, seeds):
         train(c, data, run_dir=tmp_path / "t" / f"L1-s{s}", progress=False)
@@ -110,7 +104,8 @@ def test_run_dirs_continuation_and_extension(tmp_path):
         assert [h["epoch"] for h in got.history] == [h["epoch"] for h in want.history]
     # continuation: each seed from its own depth-1 folder, given relative to its own folder
     l2 = [
-        _small(depth=2, seed=s, init="continuation", init_from=f"../L1-s{s}", **kw) for s in seeds
+        small_config(depth=2, seed=s, init="continuation", init_from=f"../L1-s{s}", **kw)
+        for s in seeds
     ]
     batched = train_batched(l2, data, run_dirs=[tmp_path / "b" / f"L2-s{s}" for s in seeds])
     separate = [
@@ -137,33 +132,33 @@ def test_run_dirs_continuation_and_extension(tmp_path):
         train_batched(l1, data, run_dirs=[tmp_path / "x", tmp_path / "x"])
 
 
-def test_one_seed_equals_train():
-    data = _dataset("vector")
-    cfg = _small(arch="rn2", seed=7, dtype="float64")
+def test_one_seed_equals_train(small_config, synthetic_data):
+    data = synthetic_data("vector", 10)
+    cfg = small_config(arch="rn2", seed=7, dtype="float64")
     _assert_same(train_batched([cfg], data), [train(cfg, data, progress=False)], 1e-10)
 
 
-def test_rejects_what_it_cannot_batch():
-    data = _dataset("image")
+def test_rejects_what_it_cannot_batch(small_config, synthetic_data):
+    data = synthetic_data("image", 10)
     with pytest.raises(ValueError, match=r"differ: \['depth', 'lr'\]"):
-        train_batched([_small(seed=0), _small(seed=1, lr=0.1, depth=3)], data)
+        train_batched([small_config(seed=0), small_config(seed=1, lr=0.1, depth=3)], data)
     with pytest.raises(ValueError, match="L-BFGS needs a line search per seed"):
-        train_batched([_small(seed=s, optimizer="lbfgs") for s in (0, 1)], data)
+        train_batched([small_config(seed=s, optimizer="lbfgs") for s in (0, 1)], data)
     assert "one after another" in LBFGS_MESSAGE
     with pytest.raises(ValueError, match="distinct seeds"):
-        train_batched([_small(seed=1), _small(seed=1)], data)
+        train_batched([small_config(seed=1), small_config(seed=1)], data)
     with pytest.raises(ValueError, match="empty list"):
         train_batched([], data)
     with pytest.raises(ValueError, match="RunConfig"):
-        train_batched([_small().to_dict()], data)
+        train_batched([small_config().to_dict()], data)
     # without data, data_seed=None would give each seed its own subset
     with pytest.raises(ValueError, match="data_seed"):
-        train_batched([_small(seed=0), _small(seed=1)])
+        train_batched([small_config(seed=0), small_config(seed=1)])
 
 
-def test_divergence_names_the_seeds():
-    data = _dataset("image")
+def test_divergence_names_the_seeds(small_config, synthetic_data):
+    data = synthetic_data("image", 10)
     data.x_train = data.x_train.copy()
     data.x_train[0] = np.nan
     with pytest.raises(TrainingDivergedError, match=r"seed\(s\) \[0, 1\]"):
-        train_batched([_small(seed=0), _small(seed=1)], data)
+        train_batched([small_config(seed=0), small_config(seed=1)], data)

@@ -20,8 +20,9 @@ from deepcollapse import __version__
 from deepcollapse.cli import main
 from deepcollapse.output import SCHEMA_VERSION, dumps, jsonable
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(ROOT)}
 SUBCOMMANDS = (["ufm", "solve"], ["train"], ["sweep"], ["report"], ["presets"], ["measure"])
 
 
@@ -32,21 +33,6 @@ def strict(text: str):
         raise ValueError(f"not strict JSON: {name}")
 
     return json.loads(text, parse_constant=refuse)
-
-
-def run_py(code: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd or ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deepcollapse", *args], cwd=cwd or ROOT,
-                          env=ENV, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def tiny_sweep(tiny_sweep_dir):
-    return tiny_sweep_dir
 
 
 # ------------------------------------------------------------------------------ flags, help
@@ -137,19 +123,20 @@ def test_presets_and_ufm_json_are_strict(capsys):
     assert captured.err.count("\n") == 1
 
 
-def test_report_json_is_strict(tiny_sweep):
+@pytest.mark.slow
+def test_report_json_is_strict(tiny_sweep_dir, run_py):
     """report --json prints strict JSON. (report does import deepnet, hence torch: it checks every
     row's settings against the sweep's fingerprint through RunConfig, README "Reliability".)"""
     code = (
         "import sys; from deepcollapse.cli import main; "
-        f"sys.exit(main(['report', {str(tiny_sweep)!r}, '--json']))"
+        f"sys.exit(main(['report', {str(tiny_sweep_dir)!r}, '--json']))"
     )
     proc = run_py(code)
     assert proc.returncode == 0, proc.stderr
     doc = strict(proc.stdout)
     assert doc["schema_version"] == SCHEMA_VERSION and doc["n_runs"] == 6
     # the sweep's own summary.json holds NaN (undefined statistics); the printed JSON has null
-    assert "NaN" in (tiny_sweep / "summary.json").read_text()
+    assert "NaN" in (tiny_sweep_dir / "summary.json").read_text()
     assert "NaN" not in proc.stdout and "null" in proc.stdout
 
 
@@ -167,7 +154,7 @@ def test_report_json_is_strict(tiny_sweep):
     ],
     ids=["help", "presets", "ufm"],
 )
-def test_fast_commands_import_no_torch_or_matplotlib(argv, absent):
+def test_fast_commands_import_no_torch_or_matplotlib(argv, absent, run_py):
     code = (
         "import sys, json; from deepcollapse.cli import main; "
         f"rc = main({argv!r}); "
@@ -179,7 +166,7 @@ def test_fast_commands_import_no_torch_or_matplotlib(argv, absent):
     assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
 
 
-def test_measure_imports_torch_only(tmp_path):
+def test_measure_imports_torch_only(tmp_path, run_py):
     import numpy as np
 
     import ufm
@@ -216,7 +203,7 @@ def test_measure_imports_torch_only(tmp_path):
     ],
     ids=["train", "measure", "certify", "report"],
 )
-def test_a_missing_extra_is_one_line_naming_it(blocked, argv, extra, tmp_path):
+def test_a_missing_extra_is_one_line_naming_it(blocked, argv, extra, tmp_path, run_py):
     # sys.modules[name] = None makes `import name` raise ImportError, as if not installed
     code = (
         f"import sys; sys.modules[{blocked!r}] = None; from deepcollapse.cli import main; "
@@ -233,7 +220,7 @@ def test_a_missing_extra_is_one_line_naming_it(blocked, argv, extra, tmp_path):
     assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
 
 
-def test_certify_auto_without_cvxpy_uses_the_dual_bound():
+def test_certify_auto_without_cvxpy_uses_the_dual_bound(run_py):
     code = ("import sys; sys.modules['cvxpy'] = None; import ufm; "
             "p = ufm.Problem('ce', 4, [5, 3, 2, 1], 8, 0.01, features='layernorm'); "
             "c = ufm.certify(ufm.solve(p)); assert c.solver == 'DUAL' and c.certified, c")
@@ -241,7 +228,7 @@ def test_certify_auto_without_cvxpy_uses_the_dual_bound():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_collect_without_torch_names_the_extra():
+def test_collect_without_torch_names_the_extra(run_py):
     proc = run_py("import sys; sys.modules['torch'] = None; from reduction import collect")
     assert proc.returncode == 1
     assert "pip install 'deepcollapse[torch]'" in proc.stderr.splitlines()[-1]
@@ -254,8 +241,9 @@ TRAIN = ["train", "--dataset", "digits", "--per-class", "3", "--test-per-class",
          "--width", "8", "--epochs", "4", "--device", "cpu", "--num-threads", "1"]
 
 
-def test_train_without_out_writes_a_default_folder_and_resumes_it(tmp_path):
-    first = cli(*TRAIN, "--json", cwd=tmp_path)
+@pytest.mark.slow
+def test_train_without_out_writes_a_default_folder_and_resumes_it(tmp_path, run_cli):
+    first = run_cli(*TRAIN, "--json", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     doc = strict(first.stdout)
     run_dir = Path(doc["run_dir"])
@@ -265,19 +253,20 @@ def test_train_without_out_writes_a_default_folder_and_resumes_it(tmp_path):
     # no progress bar when stderr is not a terminal, even without --quiet
     assert "\r" not in first.stderr and first.stderr == ""
     # the same command finds the same folder (finished: nothing retrained) and says where
-    again = cli(*TRAIN, cwd=tmp_path)
+    again = run_cli(*TRAIN, cwd=tmp_path)
     assert again.returncode == 0 and f"saved in       {run_dir}" in again.stdout
     # another config gets another folder
-    other = cli(*TRAIN, "--seed", "1", "--json", cwd=tmp_path)
+    other = run_cli(*TRAIN, "--seed", "1", "--json", cwd=tmp_path)
     assert Path(strict(other.stdout)["run_dir"]) != run_dir
 
 
-def test_ctrl_c_prints_one_line_on_how_to_resume_and_exits_130(tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_prints_one_line_on_how_to_resume_and_exits_130(tmp_path, command_env):
     proc = subprocess.Popen(
         [sys.executable, "-m", "deepcollapse", "train", "--dataset", "digits", "--per-class", "20",
          "--width", "16", "--depth", "4", "--optimizer", "lbfgs", "--epochs", "1000000",
          "--checkpoint-every", "20", "--eval-every", "20", "--device", "cpu"],
-        cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=command_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # the group gets the signal, as from a terminal's Ctrl-C
     )
     deadline = time.time() + 120

@@ -13,6 +13,8 @@ import deepnet
 from reduction import collapse_metrics
 from reduction.collect import collect
 
+pytestmark = pytest.mark.unit
+
 torch.set_num_threads(1)
 
 # metrics that do not involve the classifier, and those that do (row key -> collapse_metrics key)

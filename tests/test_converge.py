@@ -23,6 +23,8 @@ from deepnet.data import Dataset
 from deepnet.layers import half_sq_norm
 from deepnet.objective import data_term
 
+pytestmark = pytest.mark.integration
+
 torch.set_num_threads(1)
 K = 3
 
@@ -435,6 +437,7 @@ def test_a_stall_is_judged_by_every_test():
     assert not big["converged"] and any("gradient norm 0.5" in r for r in big["reasons"])
 
 
+@pytest.mark.slow
 def test_lbfgs_trains_in_chunks_until_converged(tmp_path):
     """epochs is a cap: the run checks the criteria every chunk, stops at the first chunk where
     they hold, and resumes bitwise; the record says what each check found."""
@@ -486,7 +489,7 @@ def test_convergence_settings_are_validated(field, value, message):
         _cfg(epochs=40, **{field: value})
     with pytest.raises(ValueError, match="at least one optimiser"):
         _cfg(escape_adam_steps=0, escape_lbfgs_iters=0)
-    with pytest.raises(ValueError, match="applies to optimizer='lbfgs' only"):
+    with pytest.raises(ValueError, match="applies to the full-batch optimizers"):
         _cfg(optimizer="adam", chunk_epochs=10)
 
 
@@ -515,8 +518,8 @@ def test_convergence_criteria_defaults_are_pinned():
 def test_ufm_bound_holds_at_a_large_ln_eps(arch):
     """With LN's ε = 1e-2 the features sit visibly inside the ball, and the trained run still
     satisfies fit + (λ/2)‖W‖² ≥ UFM* (the ball lift of THEORY §3 holds for any ε)."""
+    from reduction.compare import ufm_problem_for
     from reduction.distance import distance_to_optimum
-    from reduction.sweep import ufm_problem_for
 
     data = _data("image" if arch == "t11" else "vector")
     cfg = _cfg(arch=arch, depth=1, ln_eps=1e-2, epochs=60, lam=0.01)

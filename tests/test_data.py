@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
-import pickle
 import random
 import struct
 from pathlib import Path
@@ -25,6 +24,8 @@ from deepnet.data import (
     tokenize,
 )
 from deepnet.data.pipeline import dedup
+
+pytestmark = pytest.mark.unit
 
 
 # --------------------------------------------------------------------------------------------------
@@ -48,42 +49,6 @@ def _tiny_fashion(folder: Path, n_train: int = 5, n_test: int = 2, gz: bool = Tr
     for stem, arr in arrays.items():
         _write_idx(folder / (stem + (".gz" if gz else "")), arr)
     return arrays
-
-
-def _tiny_cifar(root: Path) -> dict:
-    """5 train batches of 10 images (one per class) + a test batch of 20, Python-2 style keys.
-    Batch 2 repeats an image of batch 1 with the same label (duplicate); batches 3 and 4 share an
-    image under two labels (conflict); the test batch repeats a training image (overlap)."""
-    rng = np.random.default_rng(5)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    batches = []
-    for _ in range(5):
-        batches.append((rng.integers(0, 256, (10, 3072), dtype=np.uint8), list(range(10))))
-    batches[1][0][0] = batches[0][0][0]  # duplicate: label 0 both times
-    batches[3][0][4] = batches[2][0][3]  # conflict: label 3 vs label 4
-    for i, (data, labels) in enumerate(batches, start=1):
-        with (folder / f"data_batch_{i}").open("wb") as f:
-            pickle.dump({b"data": data, b"labels": labels, b"batch_label": b"x"}, f)
-    test = rng.integers(0, 256, (20, 3072), dtype=np.uint8)
-    test[7] = batches[4][0][7]  # overlap with the training split
-    with (folder / "test_batch").open("wb") as f:
-        pickle.dump({b"data": test, b"labels": [i % 10 for i in range(20)]}, f)
-    names = [
-        b"airplane",
-        b"automobile",
-        b"bird",
-        b"cat",
-        b"deer",
-        b"dog",
-        b"frog",
-        b"horse",
-        b"ship",
-        b"truck",
-    ]
-    with (folder / "batches.meta").open("wb") as f:
-        pickle.dump({b"label_names": names, b"num_vis": 3072}, f)
-    return {"batches": batches, "test": test}
 
 
 def _tiny_imdb(root: Path) -> None:
@@ -336,8 +301,8 @@ def test_too_large_n_per_class_names_the_class() -> None:
 # --------------------------------------------------------------------------------------------------
 # CIFAR-10 and IMDB from tiny folders in the real formats
 # --------------------------------------------------------------------------------------------------
-def test_cifar10_tiny_pickles(tmp_path: Path) -> None:
-    written = _tiny_cifar(tmp_path)
+def test_cifar10_tiny_pickles(tmp_path: Path, tiny_cifar) -> None:
+    written = tiny_cifar(tmp_path)
     ds = load_dataset("cifar10", root=tmp_path)
     assert ds.kind == "image" and ds.input_shape == (3, 32, 32) and ds.num_classes == 10
     assert ds.class_names[0] == "airplane" and ds.class_names[9] == "truck"

@@ -15,6 +15,8 @@ import ufm
 from reduction import NegativeGapError, collapse_metrics, distance_to_optimum, procrustes_distance
 from reduction.distance import problem_from_features
 
+pytestmark = pytest.mark.unit
+
 
 def at_optimum(problem):
     sol = ufm.solve(problem)

@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -18,34 +17,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepnet import RunConfig, TrainingDivergedError, build_model, train
+from deepnet import RunConfig, TrainingDivergedError, build_model, check_threads, train
 from deepnet.config import fingerprint
 from deepnet.data import load_dataset
-from deepnet.train import check_threads
 from reduction.aggregate import report
+from reduction.folder import sweep_lock
+from reduction.plan import Sweep
 from reduction.presets import Preset
-from reduction.sweep import run_sweep, sweep_identity, sweep_lock
-from tests.test_sweep import TINY
+from reduction.sweep import run_sweep
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    torch.set_num_threads(1)
-    return load_dataset("digits", n_per_class=8, test_per_class=5, seed=0)
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
     with open(out / "results.csv") as f:
         return list(csv.DictReader(f))
-
-
-def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, code: int, text: str) -> None:
@@ -58,16 +46,18 @@ def _one_line_error(proc: subprocess.CompletedProcess, code: int, text: str) -> 
 # ----------------------------------------------------------------------------- sweep isolation
 
 
-def test_rejected_sweep_writes_nothing(tmp_path, digits):
+def test_rejected_sweep_writes_nothing(tmp_path, digits, tiny_preset):
     out = tmp_path / "s"
     with pytest.raises(ValueError, match="epochs"):
-        run_sweep(TINY, out, overrides={"epochs": 0}, data=digits, workers=1, progress=False)
+        run_sweep(tiny_preset, out, overrides={"epochs": 0}, data=digits, workers=1, progress=False)
     assert not (out / "sweep.json").exists()
-    res = run_sweep(TINY, out, depths=(1,), seeds=(0,), data=digits, workers=1, progress=False)
+    res = run_sweep(
+        tiny_preset, out, depths=(1,), seeds=(0,), data=digits, workers=1, progress=False
+    )
     assert res.trained == 1
 
 
-def test_a_failing_unit_is_recorded_and_the_sweep_goes_on(tmp_path, digits):
+def test_a_failing_unit_is_recorded_and_the_sweep_goes_on(tmp_path, digits, tiny_preset):
     def flaky(config, **kw):
         if config.depth == 1 and config.seed == 0:
             raise TrainingDivergedError("objective is nan at epoch 7")
@@ -75,7 +65,7 @@ def test_a_failing_unit_is_recorded_and_the_sweep_goes_on(tmp_path, digits):
             raise RuntimeError("disk on fire")
         return train(config, **kw)
 
-    res = run_sweep(TINY, tmp_path, data=digits, trainer=flaky, workers=1, progress=False)
+    res = run_sweep(tiny_preset, tmp_path, data=digits, trainer=flaky, workers=1, progress=False)
     status = {(r["depth"], r["seed"]): r["status"] for r in res.rows}
     assert status[(1, 0)] == "diverged" and status[(1, 1)] == "failed"
     assert sum(s == "ok" for s in status.values()) == 4  # depth 3 continued from depth 0
@@ -86,25 +76,31 @@ def test_a_failing_unit_is_recorded_and_the_sweep_goes_on(tmp_path, digits):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert {(f["depth"], f["seed"]) for f in saved["failed"]} == {(1, 0), (1, 1)}
     # a restart retries the failed unit (not the deterministic divergence)
-    again = run_sweep(TINY, tmp_path, data=digits, workers=1, progress=False)
+    again = run_sweep(tiny_preset, tmp_path, data=digits, workers=1, progress=False)
     status = {(r["depth"], r["seed"]): r["status"] for r in again.rows}
     assert status[(1, 1)] == "ok" and status[(1, 0)] == "diverged"
 
 
-def test_corrupt_checkpoint_is_moved_aside_and_the_unit_restarts(tmp_path, digits):
-    run_sweep(TINY, tmp_path, depths=(1,), seeds=(0,), data=digits, workers=1, progress=False)
+def test_corrupt_checkpoint_is_moved_aside_and_the_unit_restarts(tmp_path, digits, tiny_preset):
+    run_sweep(
+        tiny_preset, tmp_path, depths=(1,), seeds=(0,), data=digits, workers=1, progress=False
+    )
     run = tmp_path / "runs" / "L1-s0"
     (run / "row.json").unlink()
     ckpt = run / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:100])  # truncated
-    res = run_sweep(TINY, tmp_path, depths=(1,), seeds=(0,), data=digits, workers=1, progress=False)
+    res = run_sweep(
+        tiny_preset, tmp_path, depths=(1,), seeds=(0,), data=digits, workers=1, progress=False
+    )
     assert res.rows[0]["status"] == "ok" and res.trained == 1
     kept = list(run.glob("checkpoint.pt.corrupt-*"))
     assert len(kept) == 1 and kept[0].stat().st_size == 100
 
 
-def test_results_are_rebuilt_from_run_folders(tmp_path, digits):
-    run_sweep(TINY, tmp_path, depths=(0, 1), seeds=(0,), data=digits, workers=1, progress=False)
+def test_results_are_rebuilt_from_run_folders(tmp_path, digits, tiny_preset):
+    run_sweep(
+        tiny_preset, tmp_path, depths=(0, 1), seeds=(0,), data=digits, workers=1, progress=False
+    )
     calls = {"n": 0}
 
     def killed(config, **kw):
@@ -115,7 +111,7 @@ def test_results_are_rebuilt_from_run_folders(tmp_path, digits):
 
     with pytest.raises(KeyboardInterrupt):  # extend the finished sweep, then kill it
         run_sweep(
-            TINY,
+            tiny_preset,
             tmp_path,
             depths=(0, 1, 2, 3),
             seeds=(0,),
@@ -128,17 +124,18 @@ def test_results_are_rebuilt_from_run_folders(tmp_path, digits):
     # duplicated depths train once; a row.json of {} is not a row
     (tmp_path / "runs" / "L2-s0" / "row.json").write_text("{}")
     res = run_sweep(
-        TINY, tmp_path, depths=(0, 1, 2, 2, 3), seeds=(0,), data=digits, workers=1, progress=False
+        tiny_preset, tmp_path, depths=(0, 1, 2, 2, 3), seeds=(0,), data=digits, workers=1,
+        progress=False,
     )
     depths = [int(r["depth"]) for r in _rows(tmp_path)]
     assert depths == [0, 1, 2, 3] and res.trained == 2
     assert all(r["objective"] for r in _rows(tmp_path))
 
 
-def test_two_sweeps_cannot_write_one_folder(tmp_path, digits):
+def test_two_sweeps_cannot_write_one_folder(tmp_path, digits, tiny_preset):
     with sweep_lock(tmp_path):
         with pytest.raises(ValueError, match=f"in use by another sweep \\(pid {os.getpid()}\\)"):
-            run_sweep(TINY, tmp_path, data=digits, workers=1, progress=False)
+            run_sweep(tiny_preset, tmp_path, data=digits, workers=1, progress=False)
 
 
 # -------------------------------------------------------------------------------- defaults
@@ -158,30 +155,30 @@ def test_default_config_works_on_every_small_offline_dataset(dataset):
 # ----------------------------------------------------------------------------- CLI errors
 
 
-def test_cli_errors_are_one_line(tmp_path):
-    ok = _cli(
+def test_cli_errors_are_one_line(tmp_path, run_python):
+    ok = run_python(
         "-m", "deepnet", "train", "--dataset", "digits", "--epochs", "5", "--width", "8",
         "--device", "cpu", "--no-progress",
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
-    _one_line_error(_cli("-m", "deepnet", "train", "--seed", "-1"), 2, "seed")
+    _one_line_error(run_python("-m", "deepnet", "train", "--seed", "-1"), 2, "seed")
     _one_line_error(
-        _cli("-m", "deepnet", "train", "--dataset", "cifar10", "--no-progress"), 2, "error:"
+        run_python("-m", "deepnet", "train", "--dataset", "cifar10", "--no-progress"), 2, "error:"
     )
-    _one_line_error(_cli("-m", "deepnet", "train", "--epochs", "1.5"), 2, "error:")
+    _one_line_error(run_python("-m", "deepnet", "train", "--epochs", "1.5"), 2, "error:")
     _one_line_error(
-        _cli("-m", "reduction", "sweep", "--preset", "cpu-rn1-mnist1d", "--set", "lr=abc"),
+        run_python("-m", "reduction", "sweep", "--preset", "cpu-rn1-mnist1d", "--set", "lr=abc"),
         2,
         "lr must be a number",
     )
-    _one_line_error(_cli("-m", "reduction", "sweep", "--preset", "nope"), 2, "unknown preset")
+    _one_line_error(run_python("-m", "reduction", "sweep", "--preset", "nope"), 2, "unknown preset")
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
     try:
         if os.geteuid() != 0:  # root writes anywhere: the check is only meaningful for users
             _one_line_error(
-                _cli("-m", "reduction", "sweep", "--preset", "cpu-rn1-mnist1d", "--out",
+                run_python("-m", "reduction", "sweep", "--preset", "cpu-rn1-mnist1d", "--out",
                      str(ro / "x"), "--depths", "0", "--seeds", "0"),
                 2,
                 "error:",
@@ -191,17 +188,17 @@ def test_cli_errors_are_one_line(tmp_path):
     run = tmp_path / "run"
     base = ["-m", "deepnet", "train", "--dataset", "digits", "--epochs", "3", "--width", "8",
             "--device", "cpu", "--no-progress", "--out", str(run)]  # fmt: skip
-    assert _cli(*base).returncode == 0
-    _one_line_error(_cli(*base[:-2], "--lr", "0.5", "--out", str(run)), 2, "different config")
+    assert run_python(*base).returncode == 0
+    _one_line_error(run_python(*base[:-2], "--lr", "0.5", "--out", str(run)), 2, "different config")
     diverge = ["-m", "deepnet", "train", "--dataset", "digits", "--epochs", "50", "--width", "8",
                "--device", "cpu", "--no-progress", "--optimizer", "sgd", "--lr", "1e4",
                "--momentum", "0", "--lr-schedule", "constant"]  # fmt: skip
-    _one_line_error(_cli(*diverge), 3, "diverged")
+    _one_line_error(run_python(*diverge), 3, "diverged")
 
 
 @pytest.mark.parametrize("module", ["deepnet", "reduction", "ufm"])
-def test_version_on_every_command(module):
-    proc = _cli("-m", module, "--version")
+def test_version_on_every_command(module, run_python):
+    proc = run_python("-m", module, "--version")
     assert proc.returncode == 0 and "deepcollapse" in proc.stdout
 
 
@@ -218,11 +215,11 @@ def test_a_divergence_before_any_checkpoint_says_so(tmp_path):
         train(cfg2, data=data, run_dir=tmp_path / "b", progress=False)
 
 
-def test_ln_affine_sweep_is_refused_before_anything_is_written(tmp_path, digits):
+def test_ln_affine_sweep_is_refused_before_anything_is_written(tmp_path, digits, tiny_preset):
     """An affine LN leaves the sphere and its undecayed scale lets (λ/2)‖W‖² vanish: no UFM
     applies, so the sweep refuses with one clear error instead of reporting gaps."""
     with pytest.raises(ValueError, match="parameter-free LayerNorm"):
-        run_sweep(TINY, tmp_path, overrides={"ln_affine": True}, data=digits, workers=1)
+        run_sweep(tiny_preset, tmp_path, overrides={"ln_affine": True}, data=digits, workers=1)
     assert not (tmp_path / "sweep.json").exists()
 
 
@@ -289,8 +286,8 @@ def test_every_row_and_run_folder_carries_the_sweep_fingerprint(tmp_path, mnist1
         assert fingerprint(written, continuation=True) == fp
     # what does not define the runs leaves it alone; what does changes it
     same = replace(MNIST1D, config={**MNIST1D.config, "eval_every": 5, "num_threads": 1})
-    assert sweep_identity(same, {}).fingerprint == fp
-    assert sweep_identity(MNIST1D, {"epochs": 10}).fingerprint != fp
+    assert Sweep(same, {}).identity.fingerprint == fp
+    assert Sweep(MNIST1D, {"epochs": 10}).identity.fingerprint != fp
 
 
 def test_other_settings_are_refused_with_or_without_sweep_json(tmp_path, mnist1d, caplog):
@@ -369,18 +366,19 @@ def test_data_errors_are_refused_before_anything_is_written(tmp_path, mnist1d):
     assert [r["status"] for r in res.rows] == ["ok", "ok"]
 
 
-def test_the_readme_cifar_example_without_data_root_leaves_nothing_behind(tmp_path):
-    from tests.test_data import _tiny_cifar
+def test_the_readme_cifar_example_without_data_root_leaves_nothing_behind(
+    tmp_path, run_python, tiny_cifar
+):
 
     out, root = tmp_path / "cifar", tmp_path / "data"
-    _tiny_cifar(root)
+    tiny_cifar(root)
     base = ["-m", "reduction", "sweep", "--preset", "paper-fig1-rn1-cifar10", "--out", str(out),
             "--depths", "0,1", "--seeds", "0", "--epochs", "3", "--set", "width=8",
             "--set", "n_per_class=3", "--set", "test_per_class=1", "--set", "device=cpu",
             "--workers", "1", "--quiet"]  # fmt: skip
-    _one_line_error(_cli(*base), 2, "CIFAR-10 needs root=")
+    _one_line_error(run_python(*base), 2, "CIFAR-10 needs root=")
     assert not out.exists()
-    ok = _cli(*base, "--data-root", str(root), "--json")
+    ok = run_python(*base, "--data-root", str(root), "--json")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["n_runs"] == 2
 
@@ -450,7 +448,7 @@ def test_ray_refuses_resources_the_cluster_lacks_and_data_it_cannot_load(tmp_pat
     assert not (tmp_path / "s").exists()
 
 
-def test_when_every_unit_fails_the_causes_are_printed(tmp_path, mnist1d):
+def test_when_every_unit_fails_the_causes_are_printed(tmp_path, mnist1d, run_python):
     def broken(config, **kw):
         raise RuntimeError(f"disk on fire at depth {config.depth}")
 
@@ -461,9 +459,9 @@ def test_when_every_unit_fails_the_causes_are_printed(tmp_path, mnist1d):
     assert [f["error"] for f in saved["failed"]] == [
         f"RuntimeError: disk on fire at depth {d}" for d in (0, 1, 2)
     ]
-    text = _cli("-m", "reduction", "report", str(tmp_path))
+    text = run_python("-m", "reduction", "report", str(tmp_path))
     assert text.returncode == 0 and "disk on fire at depth 0" in text.stdout, text.stderr
-    js = _cli("-m", "reduction", "report", str(tmp_path), "--json")
+    js = run_python("-m", "reduction", "report", str(tmp_path), "--json")
     assert js.returncode == 0, js.stderr
     errors = [f["error"] for f in json.loads(js.stdout)["verdict"]["failed"]]
     assert len(errors) == 3 and "disk on fire at depth 2" in errors[2]
@@ -504,7 +502,9 @@ def test_an_incomplete_row_is_unfinished_and_redone(tmp_path, mnist1d):
     assert res.rows[1]["objective"] == row["objective"]
 
 
-def test_report_on_a_read_only_folder_writes_nothing(tmp_path, mnist1d, monkeypatch, caplog):
+def test_report_on_a_read_only_folder_writes_nothing(
+    tmp_path, mnist1d, monkeypatch, caplog, run_python
+):
     from reduction import aggregate
 
     _sweep(tmp_path / "s", mnist1d, depths=(0, 1))
@@ -526,20 +526,22 @@ def test_report_on_a_read_only_folder_writes_nothing(tmp_path, mnist1d, monkeypa
         for p in [out, *out.rglob("*")]:
             p.chmod(p.stat().st_mode & ~0o222)
         try:
-            proc = _cli("-m", "reduction", "report", str(out), "--json")
+            proc = run_python("-m", "reduction", "report", str(out), "--json")
             assert proc.returncode == 0 and json.loads(proc.stdout)["n_runs"] == 2, proc.stderr
         finally:
             for p in [out, *out.rglob("*")]:
                 p.chmod(p.stat().st_mode | 0o200)
 
 
-def test_absurd_values_are_one_line(tmp_path):
+def test_absurd_values_are_one_line(tmp_path, run_python):
     out = tmp_path / "s"
     base = ["-m", "reduction", "sweep", "--preset", "cpu-rn1-mnist1d", "--out", str(out),
             "--seeds", "0", "--quiet"]  # fmt: skip
-    _one_line_error(_cli(*base, "--depths", "0,1000000", timeout=60), 2, "depths must be ≤ 10,000")
     _one_line_error(
-        _cli(*base, "--depths", "0", "--set", "num_threads=100000", timeout=60),
+        run_python(*base, "--depths", "0,1000000", timeout=60), 2, "depths must be ≤ 10,000"
+    )
+    _one_line_error(
+        run_python(*base, "--depths", "0", "--set", "num_threads=100000", timeout=60),
         2,
         "num_threads=100000 is more than the",
     )

@@ -11,6 +11,8 @@ from scipy.optimize import brentq, minimize
 
 import ufm
 
+pytestmark = pytest.mark.unit
+
 # --------------------------------------------------------------------------- the hand-derived case
 # Two contexts over the tokens {a, b}: A is followed by "a" n_A times, B by "a" and "b" n_B/2 times
 # each. CE, no bias, features on the centred sphere of radius r in width d ≥ 3. For two labels

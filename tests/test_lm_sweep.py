@@ -13,8 +13,12 @@ import torch
 import ufm
 from deepnet import RunConfig
 from deepnet.data import load_nexttoken
+from reduction.compare import ufm_problem_for
 from reduction.presets import get_preset
-from reduction.sweep import run_sweep, ufm_problem_for
+from reduction.registry import COLUMNS
+from reduction.sweep import run_sweep
+
+pytestmark = pytest.mark.integration
 
 TEXTS = ["abab abcab", "abc aab abab", "babcab abb", "cabab aab"] * 3
 
@@ -55,4 +59,5 @@ def test_nexttoken_sweep_respects_the_lower_bound(tmp_path, corpus):
         assert r["n_groups"] == corpus.info["n_groups"]
         assert 0 <= r["procrustes_groups"] <= 2 and 0 <= r["gram_distance_groups"] <= 2
         assert r["gufm_collapsed"] is False  # conflicting contexts: the optimum is not collapsed
+        assert set(r) <= set(COLUMNS)  # the context columns are registered too
     assert len({r["ufm_value"] for r in res.rows}) == 1  # one problem, solved once

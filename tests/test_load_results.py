@@ -11,6 +11,8 @@ import pytest
 
 from reduction import load_results, read_rows
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

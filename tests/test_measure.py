@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 
 import ufm
+from deepcollapse.output import run_command
 from reduction import collapse_metrics, distance_to_optimum
 from reduction.measure import add_measure_arguments, measure_features, measure_npz, run_measure
+
+pytestmark = pytest.mark.unit
 
 
 def parser():
@@ -22,8 +25,9 @@ def parser():
 
 
 def run(argv):
+    """The measure command under the one error policy (deepcollapse.output.run_command)."""
     out = io.StringIO()
-    code = run_measure(parser().parse_args(argv), out=out)
+    code = run_command(lambda: run_measure(parser().parse_args(argv), out=out))
     return code, out.getvalue()
 
 

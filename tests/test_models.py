@@ -20,6 +20,8 @@ from deepnet import (
 )
 from deepnet.data import Dataset
 
+pytestmark = pytest.mark.unit
+
 torch.set_num_threads(1)
 
 WIDTH = 12

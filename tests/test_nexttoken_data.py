@@ -11,6 +11,8 @@ import pytest
 
 from deepnet.data import load_dataset, load_nexttoken
 
+pytestmark = pytest.mark.unit
+
 
 def _naive_pairs(
     texts: list[str], T: int, level: str = "char"

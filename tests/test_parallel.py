@@ -11,25 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from deepnet.data import load_dataset
 from reduction.sweep import run_sweep
-from tests.test_sweep import TINY
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def digits():
-    torch.set_num_threads(1)
-    return load_dataset("digits", n_per_class=8, test_per_class=5, seed=0)
-
-
-@pytest.fixture(scope="module")
-def serial(tmp_path_factory, digits):
+def serial(tmp_path_factory, digits, tiny_preset):
     return run_sweep(
-        TINY, tmp_path_factory.mktemp("serial"), progress=False, data=digits, workers=1
+        tiny_preset, tmp_path_factory.mktemp("serial"), progress=False, data=digits, workers=1
     )
 
 
@@ -41,8 +34,8 @@ def _table(path: Path) -> dict[tuple[str, str], dict[str, str]]:
 NUMBERS = ("objective", "fit", "body_penalty", "nc1", "nc3", "grad_norm", "objective_gap")
 
 
-def test_two_workers_give_the_same_results(tmp_path, serial, digits):
-    par = run_sweep(TINY, tmp_path, progress=False, data=digits, workers=2)
+def test_two_workers_give_the_same_results(tmp_path, serial, digits, tiny_preset):
+    par = run_sweep(tiny_preset, tmp_path, progress=False, data=digits, workers=2)
     assert par.trained == 6
     a, b = _table(serial.out_dir), _table(tmp_path)
     assert a.keys() == b.keys() and len(a) == 6
@@ -51,9 +44,9 @@ def test_two_workers_give_the_same_results(tmp_path, serial, digits):
             assert a[key][col] == b[key][col], (key, col)  # bitwise: same single-threaded work
 
 
-def test_ray_backend_gives_the_same_results(tmp_path, serial, digits):
+def test_ray_backend_gives_the_same_results(tmp_path, serial, digits, tiny_preset):
     pytest.importorskip("ray")
-    res = run_sweep(TINY, tmp_path, progress=False, data=digits, workers=2, backend="ray")
+    res = run_sweep(tiny_preset, tmp_path, progress=False, data=digits, workers=2, backend="ray")
     assert res.trained == 6
     a, b = _table(serial.out_dir), _table(tmp_path)
     assert a.keys() == b.keys()
@@ -67,15 +60,18 @@ def test_ray_backend_gives_the_same_results(tmp_path, serial, digits):
         }
 
 
-def test_bad_backend_settings_are_one_clear_error(tmp_path, digits):
+def test_bad_backend_settings_are_one_clear_error(tmp_path, digits, tiny_preset):
     with pytest.raises(ValueError, match="workers must be ≥ 1"):
-        run_sweep(TINY, tmp_path, data=digits, workers=0, progress=False)
+        run_sweep(tiny_preset, tmp_path, data=digits, workers=0, progress=False)
     with pytest.raises(ValueError, match="backend"):
-        run_sweep(TINY, tmp_path, data=digits, backend="slurm", progress=False)
+        run_sweep(tiny_preset, tmp_path, data=digits, backend="slurm", progress=False)
     pytest.importorskip("ray")
     t0 = time.perf_counter()
     with pytest.raises(ValueError, match="no Ray cluster answers"):
-        run_sweep(TINY, tmp_path, data=digits, backend="ray", address="127.0.0.1:1", progress=False)
+        run_sweep(
+            tiny_preset, tmp_path, data=digits, backend="ray", address="127.0.0.1:1",
+            progress=False,
+        )
     assert time.perf_counter() - t0 < 30
     assert not (tmp_path / "sweep.json").exists()  # rejected before anything was written
 
@@ -137,14 +133,14 @@ def test_killed_parallel_sweep_resumes_and_loses_nothing(tmp_path):
     assert all(r["status"] == "ok" for r in rows)
 
 
-def test_batched_seeds_match_separate_runs(tmp_path, digits):
+def test_batched_seeds_match_separate_runs(tmp_path, digits, tiny_preset):
     from dataclasses import replace
 
     adam = replace(
-        TINY,
+        tiny_preset,
         # float64: batched and single matmuls round differently, which float32 would amplify
         config={
-            **TINY.config,
+            **tiny_preset.config,
             "optimizer": "adam",
             "lr": 3e-3,
             "lr_schedule": "constant",
@@ -164,4 +160,4 @@ def test_batched_seeds_match_separate_runs(tmp_path, digits):
             assert b[key][col] == pytest.approx(a[key][col], rel=1e-8, abs=1e-12), (key, col)
     assert {c["depth"] for c in bat.budget_checks} == {1, 3}
     with pytest.raises(ValueError, match="line search per seed"):
-        run_sweep(TINY, tmp_path / "lbfgs", data=digits, batch_seeds=True, progress=False)
+        run_sweep(tiny_preset, tmp_path / "lbfgs", data=digits, batch_seeds=True, progress=False)

@@ -11,6 +11,9 @@ from matplotlib.figure import Figure
 
 from reduction.plots import BASELINE_LABEL, plot_depth, plot_history, plot_layer_profile
 from reduction.rates import rate_table
+from reduction.registry import labels as metric_labels
+
+pytestmark = pytest.mark.unit
 
 DEPTHS = [2, 4, 8, 16]
 
@@ -34,19 +37,22 @@ def test_plot_depth_baseline_unconverged_and_failed():
     assert isinstance(fig, Figure) and len(fig.axes) == 1
     ax = fig.axes[0]
     lines = {ln.get_label(): ln for ln in ax.get_lines()}
-    assert len(ax.get_lines()) == 4  # mean, hollow unconverged, baseline, fit
+    fit_label = next(label for label in lines if label.startswith("slope"))
+    # what is drawn: the mean, the unconverged run, the baseline and the fit, nothing else
+    assert set(lines) == {"mean over seeds", "not converged (not fitted)", BASELINE_LABEL,
+                          fit_label}  # fmt: skip
     # mean over the converged seeds only (neither the unconverged nor the failed run)
     mean = lines["mean over seeds"]
     np.testing.assert_allclose(mean.get_xdata(), DEPTHS)
     ref = [np.mean([r["nc1"] for r in rows if r["depth"] == d]) for d in DEPTHS]
     np.testing.assert_allclose(mean.get_ydata(), ref)
-    # the depth-0 baseline: a grey dashed horizontal line at the baseline mean (3, 4, 5 → 4)
+    # the depth-0 baseline: a horizontal line across the panel (axes fraction 0 → 1) at the
+    # baseline mean (3, 4, 5 → 4)
     base = lines[BASELINE_LABEL]
-    assert base.get_linestyle() == "--" and base.get_color() == "0.5"
-    assert list(base.get_ydata()) == [4.0, 4.0]
-    # the unconverged run: a hollow marker at its own value, not joined by a line
+    assert list(base.get_xdata()) == [0, 1] and list(base.get_ydata()) == [4.0, 4.0]
+    # the unconverged run: a marker at its own value, not joined to the mean line
     hollow = lines["not converged (not fitted)"]
-    assert hollow.get_linestyle() == "None" and hollow.get_markerfacecolor() == "none"
+    assert hollow.get_linestyle() == "None"
     assert list(hollow.get_xdata()) == [32.0] and list(hollow.get_ydata()) == [5.0]
     # the fit leaves out the unconverged run: same slope as rate_table on converged runs only
     entry = rate_table(rows, ["nc1"])[0]
@@ -62,16 +68,23 @@ def test_plot_depth_baseline_unconverged_and_failed():
     assert "not converged or above another seed (not fitted)" in labels
 
     # converged_only=False: the run at L = 32 joins the mean line and the fit
-    loose = plot_depth(rows, "nc1", converged_only=False).axes[0]
-    labels = [ln.get_label() for ln in loose.get_lines()]
-    assert "not converged (not fitted)" not in labels and len(labels) == 3
-    assert list(loose.get_lines()[0].get_xdata()) == [*DEPTHS, 32]
+    loose = {ln.get_label(): ln for ln in plot_depth(rows, "nc1", converged_only=False)
+             .axes[0].get_lines()}  # fmt: skip
+    loose_fit = next(label for label in loose if label.startswith("slope"))
+    assert set(loose) == {"mean over seeds", BASELINE_LABEL, loose_fit}
+    assert list(loose["mean over seeds"].get_xdata()) == [*DEPTHS, 32]
+    assert loose[loose_fit].get_xdata()[-1] == pytest.approx(32.0)
 
-    # single axis: one dotted baseline per metric, in the metric's colour
+    # single axis: one baseline per metric, named by it, at that metric's baseline mean, drawn
+    # as its mean line is
     rows2 = [{**r, "nc3": r["nc1"] / 2} for r in rows]
     one = plot_depth(rows2, ("nc1", "nc3"), single_axis=True, slope=False, band="none").axes[0]
-    bases = [ln for ln in one.get_lines() if ln.get_label().endswith(BASELINE_LABEL)]
-    assert len(bases) == 2 and {ln.get_color() for ln in bases} == {"C0", "C1"}
+    drawn = {ln.get_label(): ln for ln in one.get_lines()}
+    for metric, level in (("nc1", 4.0), ("nc3", 2.0)):
+        label = metric_labels()[metric]
+        base = drawn[f"{label}: {BASELINE_LABEL}"]
+        assert list(base.get_ydata()) == [level, level]
+        assert base.get_color() == drawn[label].get_color()
 
     with pytest.raises(ValueError, match="no usable runs at depth > 0"):
         plot_depth([r for r in rows if r["depth"] == 0], "nc1")
@@ -103,9 +116,8 @@ def test_plot_layer_profile_one_curve_per_depth():
     np.testing.assert_allclose(lines[2].get_xdata(), [0, 0.25, 0.5, 0.75, 1.0])
     ref = [1.5 * 3.0 * math.exp(-2.0 * lay / 4) / 2.0 for lay in range(5)]
     np.testing.assert_allclose(lines[2].get_ydata(), ref)
-    # colours differ between depths
-    assert len({tuple(ln.get_color()) for ln in lines}) == 4
-    assert len(ax.get_legend().get_texts()) == 4
+    # the legend names every depth
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [ln.get_label() for ln in lines]
 
     # the metric column may be absent at depth 0 only if we ask for another one: here it is
     with pytest.raises(ValueError, match="no 'nc3' column"):

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.integration
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "stationarity_probe.py"
 
 
@@ -29,6 +31,7 @@ def test_min_norm_in_hull_known_answers(probe) -> None:
     assert abs(probe.min_norm_in_hull(np.array([[1.0, -1.0], [1.0, 1.0], [3.0, 0.0]])) - 1) < 1e-9
 
 
+@pytest.mark.slow
 def test_probe_runs_on_a_finished_run(tmp_path) -> None:
     from deepnet import RunConfig, train
 
@@ -45,6 +48,7 @@ def test_probe_runs_on_a_finished_run(tmp_path) -> None:
     assert "LN blocks" in out or "LN norms" in out
 
 
+@pytest.mark.slow
 def test_probe_refuses_a_folder_that_is_not_a_run(tmp_path) -> None:
     out = subprocess.run(
         [sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True
@@ -53,10 +57,10 @@ def test_probe_refuses_a_folder_that_is_not_a_run(tmp_path) -> None:
     assert out.stderr.strip() == f"error: {tmp_path} is not a finished run folder (no config.json)"
 
 
-
 STUDY = Path(__file__).resolve().parents[1] / "scripts" / "ln_eps_study.py"
 
 
+@pytest.mark.slow
 def test_ln_eps_study_on_a_tiny_config(tmp_path) -> None:
     """The ε × readout study end to end on a tiny slice of the Fashion-MNIST transformer preset:
     one row per cell, ε reaches the model, and the spreads and norms are measured."""
@@ -100,6 +104,7 @@ def test_ln_eps_study_on_a_tiny_config(tmp_path) -> None:
 COMPARE = Path(__file__).resolve().parents[1] / "scripts" / "compare_sweeps.py"
 
 
+@pytest.mark.slow
 def test_compare_sweeps_measures_run_to_run_differences(tmp_path) -> None:
     import json
     import shutil

@@ -11,6 +11,9 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from reduction import fit_rate, plot_depth, summarize_by_depth
+from reduction.registry import labels
+
+pytestmark = pytest.mark.unit
 
 DEPTHS = np.array([2, 4, 8, 16, 32, 64])
 
@@ -127,22 +130,31 @@ def test_plot_depth_panels_lines_and_png(tmp_path):
     rows = rows_for(V, "nc1", {"nc2": U, "nc3": T})
     fig = plot_depth(rows, title="synthetic")
     assert isinstance(fig, Figure)
-    assert len(fig.axes) == 3
-    for ax in fig.axes:
+    assert len(fig.axes) == 3  # one panel per metric
+    for ax, values in zip(fig.axes, (V, U, T)):
         assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-        assert len(ax.get_lines()) == 2  # mean + fitted power law
-        assert len(ax.collections) == 1  # the band over seeds
-    mean_line = fig.axes[0].get_lines()[0]
-    np.testing.assert_allclose(mean_line.get_ydata(), V.mean(axis=0))
-    assert "slope -0.5" in fig.axes[0].get_lines()[1].get_label()
-    assert "(95% t)" in fig.axes[0].get_lines()[1].get_label()
+        drawn = {ln.get_label(): ln for ln in ax.get_lines()}
+        fit = next(label for label in drawn if label.startswith("slope"))
+        assert set(drawn) == {"mean over seeds", fit}  # the mean and the fitted power law
+        mean = values.mean(axis=0)
+        np.testing.assert_allclose(drawn["mean over seeds"].get_ydata(), mean)
+        # the band over seeds encloses the mean at every depth
+        (band,) = ax.collections
+        ys = band.get_paths()[0].vertices[:, 1]
+        assert ys.min() <= mean.min() and ys.max() >= mean.max()
+    fit_label = next(ln.get_label() for ln in fig.axes[0].get_lines()
+                     if ln.get_label().startswith("slope"))  # fmt: skip
+    assert "slope -0.5" in fit_label and "(95% t)" in fit_label
     out = tmp_path / "depth.png"
     fig.savefig(out, dpi=60)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     one = plot_depth(rows, ("nc1", "nc2"), single_axis=True, slope=False, band="minmax")
-    assert len(one.axes) == 1 and len(one.axes[0].get_lines()) == 2
+    assert len(one.axes) == 1
+    means = {ln.get_label(): ln.get_ydata() for ln in one.axes[0].get_lines()}
+    assert set(means) == {labels()["nc1"], labels()["nc2"]}  # one mean line per metric, no fit
+    np.testing.assert_allclose(means[labels()["nc2"]], U.mean(axis=0))
     bare = plot_depth(rows, "nc1", band="none", slope=False)
-    assert len(bare.axes) == 1 and len(bare.axes[0].collections) == 0
+    assert len(bare.axes) == 1 and not bare.axes[0].collections  # no band drawn
     with pytest.raises(ValueError, match="band"):
         plot_depth(rows, band="iqr")

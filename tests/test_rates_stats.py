@@ -22,6 +22,8 @@ from reduction.rates import (
     verdict,
 )
 
+pytestmark = pytest.mark.unit
+
 DEPTHS = np.array([2.0, 3, 5, 8, 13, 21, 34])  # the paper's depths
 X = np.log(DEPTHS)
 

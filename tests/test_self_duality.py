@@ -13,6 +13,8 @@ from reduction import collapse_metrics
 from reduction.formulas import self_duality
 from reduction.registry import METRICS, summary_metrics
 
+pytestmark = pytest.mark.unit
+
 
 def reference(H: torch.Tensor, y: torch.Tensor, W: torch.Tensor) -> float:
     """Class means centred by the sample mean, struct = W M̄ᵀ / ‖·‖_F, then subtract the ideal

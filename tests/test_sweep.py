@@ -17,50 +17,12 @@ import ufm
 from deepnet import train
 from deepnet.data import load_dataset
 from reduction.aggregate import report
-from reduction.presets import PRESETS, Preset, get_preset
+from reduction.presets import PRESETS, get_preset
 from reduction.sweep import run_sweep
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
-
-TINY = Preset(
-    name="tiny-rn1-digits",
-    description="test sweep",
-    config={
-        "arch": "rn1",
-        "dataset": "digits",
-        "width": 16,
-        "n_per_class": 8,
-        "test_per_class": 5,
-        "lam": 0.005,
-        "optimizer": "lbfgs",
-        "init": "continuation",
-        "epochs": 30,
-        "device": "cpu",
-        "checkpoint_every": 10,
-        "eval_every": 10,
-        # loose criteria: these tests check the plumbing, not the optimiser
-        "grad_tol": 1.0,
-        "rel_tol": 1.0,
-        "escape_tol": 1.0,
-        "escape_lbfgs_iters": 5,
-        "escape_adam_steps": 10,
-    },
-    depths=(0, 1, 3),
-    seeds=(0, 1),
-    budget_check=False,
-)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    torch.set_num_threads(1)
-    return load_dataset("digits", n_per_class=8, test_per_class=5, seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_sweep(tmp_path_factory, digits):
-    out = tmp_path_factory.mktemp("sweep")
-    return run_sweep(TINY, out, progress=False, data=digits, workers=1)
 
 
 def test_one_row_per_run_with_config_and_metrics(tiny_sweep):
@@ -158,8 +120,9 @@ def test_monotone_certificate_flags_a_constructed_violation():
 
 
 def test_seed_certificate_compares_runs_on_the_same_data():
-    from reduction.aggregate import SEED_TOL, monotone_certificate, seed_certificate_lines
+    from reduction.aggregate import SEED_TOL, monotone_certificate
     from reduction.rates import rate_table
+    from reduction.render import seed_certificate_lines
 
     def row(depth, seed, J, data_seed=0):
         return {"depth": depth, "seed": seed, "objective": J, "ufm_value": 0.1, "nc1": J,
@@ -246,18 +209,20 @@ def test_summary_rates_and_figures(tiny_sweep):
     assert res.paths["png"].read_bytes()[:4] == b"\x89PNG"
 
 
-def test_restart_skips_finished_runs(tiny_sweep, digits):
+def test_restart_skips_finished_runs(tiny_sweep, digits, tiny_preset):
     def must_not_train(*a, **k):
         raise AssertionError("a finished run was trained again")
 
     again = run_sweep(
-        TINY, tiny_sweep.out_dir, progress=False, data=digits, trainer=must_not_train, workers=1
+        tiny_preset, tiny_sweep.out_dir, progress=False, data=digits, trainer=must_not_train,
+        workers=1,
     )
     assert again.trained == 0
     assert [r["objective"] for r in again.rows] == [r["objective"] for r in tiny_sweep.rows]
 
 
-def test_killed_sweep_loses_nothing_and_half_written_run_is_redone(tmp_path, digits):
+@pytest.mark.slow
+def test_killed_sweep_loses_nothing_and_half_written_run_is_redone(tmp_path, digits, tiny_preset):
     """Kill the sweep in its third run; the restart trains exactly the missing runs."""
     calls = {"n": 0}
 
@@ -268,7 +233,7 @@ def test_killed_sweep_loses_nothing_and_half_written_run_is_redone(tmp_path, dig
         return train(config, **kw)
 
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(TINY, tmp_path, progress=False, data=digits, trainer=flaky, workers=1)
+        run_sweep(tiny_preset, tmp_path, progress=False, data=digits, trainer=flaky, workers=1)
     finished = sorted(p.parent.name for p in (tmp_path / "runs").glob("*/row.json"))
     assert finished == ["L0-s0", "L1-s0"]
     with open(tmp_path / "results.csv") as f:
@@ -276,12 +241,12 @@ def test_killed_sweep_loses_nothing_and_half_written_run_is_redone(tmp_path, dig
 
     # a half-written unit: training finished but the row was never written
     (tmp_path / "runs" / "L1-s0" / "row.json").unlink()
-    res = run_sweep(TINY, tmp_path, progress=False, data=digits)
+    res = run_sweep(tiny_preset, tmp_path, progress=False, data=digits)
     assert res.trained == 5  # L1-s0 (redone from its checkpoint), L3-s0 and the seed-1 chain
     assert len(res.rows) == 6
 
     # the same folder refuses a sweep with other run settings instead of mixing them
-    other = replace(TINY, config={**TINY.config, "lam": 0.01})
+    other = replace(tiny_preset, config={**tiny_preset.config, "lam": 0.01})
     with pytest.raises(ValueError, match="different run settings"):
         run_sweep(other, tmp_path, progress=False, data=digits)
 
@@ -335,11 +300,12 @@ def test_presets_cover_the_paper_and_cpu_protocols():
         get_preset("nope")
 
 
-def test_bad_overrides_are_rejected(tmp_path, digits):
+def test_bad_overrides_are_rejected(tmp_path, digits, tiny_preset):
     with pytest.raises(ValueError, match="unknown RunConfig field"):
-        run_sweep(TINY, tmp_path, overrides={"widht": 3}, progress=False, data=digits)
+        run_sweep(tiny_preset, tmp_path, overrides={"widht": 3}, progress=False, data=digits)
 
 
+@pytest.mark.slow
 def test_cli_sweep_and_report(tmp_path):
     out = tmp_path / "cli"
     cmd = [
@@ -395,9 +361,10 @@ def test_cli_sweep_and_report(tmp_path):
     assert bad.returncode == 2 and "unknown preset" in bad.stderr
 
 
-def test_budget_check_continues_extreme_depths_to_twice_the_budget(tiny_sweep, digits):
+@pytest.mark.slow
+def test_budget_check_continues_extreme_depths_to_twice_the_budget(tiny_sweep, digits, tiny_preset):
     res = run_sweep(
-        TINY, tiny_sweep.out_dir, budget_check=True, progress=False, data=digits, workers=1
+        tiny_preset, tiny_sweep.out_dir, budget_check=True, progress=False, data=digits, workers=1
     )
     assert res.trained == 0  # the main runs are reused; only the 2x reruns train
     checks = {c["depth"]: c for c in res.budget_checks}
@@ -427,45 +394,50 @@ def test_budget_check_continues_extreme_depths_to_twice_the_budget(tiny_sweep, d
     assert saved["budget_ok"] == all(c["ok"] for c in checks.values())
 
 
-def test_budget_check_of_a_stalled_run_runs_iterations(tmp_path, digits):
+@pytest.mark.slow
+def test_budget_check_of_a_stalled_run_runs_iterations(tmp_path, digits, tiny_preset):
     """A run that ended with its line search stalled is continued by the 2x check with fresh
     optimiser state: the rerun executes real iterations (v0.2.0 restored the stall flag and
     ran none, then reported "+0.00% → passes")."""
     from deepnet.io import load_checkpoint, save_checkpoint
-    from reduction.sweep import budget_summary
+    from reduction.budget import budget_summary
+    from reduction.plan import Sweep
 
-    preset = replace(TINY, depths=(0, 1), seeds=(0,))
+    preset = replace(tiny_preset, depths=(0, 1), seeds=(0,))
     run_sweep(preset, tmp_path, progress=False, data=digits, workers=1, budget_check=False)
     ckpt_path = tmp_path / "runs" / "L1-s0" / "checkpoint.pt"
     state = load_checkpoint(ckpt_path)
     state["loop"].update(stalled=True, finished=True)  # as if the line search had stalled
     save_checkpoint(ckpt_path, state)
     res = run_sweep(preset, tmp_path, progress=False, data=digits, workers=1, budget_check=True)
-    (check,) = [c for c in budget_summary(preset, tmp_path, {}) if c["depth"] == 1]
+    (check,) = [c for c in budget_summary(Sweep(preset), tmp_path) if c["depth"] == 1]
     assert check["iterations_run"] > 0 and res.budget_checks[0]["iterations_run"] > 0
     rerun = json.loads((tmp_path / "budget2x" / "runs" / "L1-s0" / "row.json").read_text())
     assert rerun["stalled"] is False or rerun["epochs_done"] > check["iterations_1x"]
 
 
-def test_data_seed_picks_the_subset_and_is_recorded(tmp_path):
+@pytest.mark.slow
+def test_data_seed_picks_the_subset_and_is_recorded(tmp_path, tiny_preset):
     """`data_seed` chooses the samples (shared by every seed, or per seed) and is in config.json,
     so a run's config reloads the data it trained on."""
     from deepnet import RunConfig, load_run_data
-    from reduction.sweep import load_sweep_data
+    from reduction.plan import Sweep
 
     overrides = {"data_seed": 3}
-    data = load_sweep_data(TINY, overrides)
+    data = Sweep(tiny_preset, overrides).load_data()
     ref = load_dataset("digits", n_per_class=8, test_per_class=5, seed=3)
     np.testing.assert_array_equal(data.x_train, ref.x_train)
-    assert not np.array_equal(data.x_train, load_sweep_data(TINY, {}).x_train)
-    res = run_sweep(TINY, tmp_path, depths=(1,), seeds=(0, 1), overrides=overrides, progress=False)
+    assert not np.array_equal(data.x_train, Sweep(tiny_preset).load_data().x_train)
+    res = run_sweep(
+        tiny_preset, tmp_path, depths=(1,), seeds=(0, 1), overrides=overrides, progress=False
+    )
     assert res.trained == 2
     for r in res.rows:
         assert r["config"]["data_seed"] == 3 == r["data_seed"]
         back = load_run_data(RunConfig.from_dict(r["config"]))
         np.testing.assert_array_equal(back.x_train, ref.x_train)
     per = run_sweep(
-        TINY,
+        tiny_preset,
         tmp_path / "per",
         depths=(1,),
         seeds=(0, 1),
@@ -474,7 +446,7 @@ def test_data_seed_picks_the_subset_and_is_recorded(tmp_path):
     )
     assert sorted(r["data_seed"] for r in per.rows) == [0, 1]
     with pytest.raises(ValueError, match="data_seed"):
-        run_sweep(TINY, tmp_path / "bad", overrides={"data_seed": "x"}, progress=False)
+        run_sweep(tiny_preset, tmp_path / "bad", overrides={"data_seed": "x"}, progress=False)
 
 
 def test_layer_profile_and_collapse_over_training(tiny_sweep):
@@ -519,9 +491,9 @@ def test_path_bound_holds_for_large_random_blocks(arch):
 
 
 def test_markdown_summary_has_every_section(tiny_sweep):
-    from reduction.aggregate import markdown_summary
+    from reduction.render import to_markdown
 
-    text = markdown_summary(tiny_sweep)
+    text = to_markdown(tiny_sweep)
     lines = text.splitlines()
     assert lines[0].startswith("| L | converged |")
     assert sum(line.startswith("| ") and line[2].isdigit() for line in lines) == 3  # 3 depths

@@ -11,56 +11,16 @@ import torch
 from scipy.optimize import brentq
 from torch import nn
 
+from deepcollapse.files import json_default
 from deepnet import RunConfig, RunResult, TrainingDivergedError, build_model, load_result, train
 from deepnet.cli import main as cli_main
 from deepnet.data import Dataset
 
+pytestmark = pytest.mark.integration
+
 torch.set_num_threads(1)
 
 K = 3
-
-
-def _dataset(kind: str = "image", n_per_class: int = 8, seed: int = 0) -> Dataset:
-    """Separable synthetic data: class-dependent mean plus noise."""
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(K), n_per_class)
-    rng.shuffle(y)
-    if kind == "text":
-        x = rng.integers(2, 12, size=(len(y), 6)).astype(np.int64)
-        x[:, 0] = 20 + y  # a class token
-        x[::3, 4:] = 0
-        return Dataset(
-            "syn",
-            "text",
-            x,
-            y,
-            x[:6],
-            y[:6],
-            K,
-            ["a", "b", "c"],
-            vocab=[f"t{i}" for i in range(23)],
-            info={"max_len": 6},
-        )
-    means = rng.normal(size=(K, 64)) * 2
-    x = (means[y] + rng.normal(size=(len(y), 64))).astype(np.float32)
-    x = x.reshape(-1, 1, 8, 8) if kind == "image" else x
-    return Dataset("syn", kind, x, y, x[:6], y[:6], K, ["a", "b", "c"])
-
-
-def _small(**kw) -> RunConfig:
-    base = dict(
-        arch="rn1",
-        depth=2,
-        width=8,
-        epochs=40,
-        lr=1e-2,
-        eval_every=5,
-        checkpoint_every=10,
-        patch_size=4,
-        device="cpu",
-    )
-    base.update(kw)
-    return RunConfig(**base)
 
 
 # --------------------------------------------------------------------------------------- config
@@ -168,10 +128,10 @@ def _model_from_checkpoint(run_dir, cfg: RunConfig, data: Dataset) -> nn.Module:
         dict(arch="t11", optimizer="lbfgs", epochs=10, warmup_epochs=4, depth=0, readout="mean"),
     ],
 )
-def test_reported_objective_equals_recomputation(tmp_path, cfg_kw):
+def test_reported_objective_equals_recomputation(tmp_path, cfg_kw, small_config, synthetic_data):
     kind = "text" if cfg_kw["arch"] == "t11" else "image"
-    data = _dataset(kind)
-    cfg = _small(**cfg_kw)
+    data = synthetic_data(kind)
+    cfg = small_config(**cfg_kw)
     res = train(cfg, data=data, run_dir=tmp_path, progress=False)
     ref = _independent_objective(_model_from_checkpoint(tmp_path, cfg, data), data, cfg)
     for key, value in ref.items():
@@ -217,9 +177,9 @@ def test_training_fits_digits():
 
 
 @pytest.mark.parametrize("batch_size", [None, 10])
-def test_resume_is_bitwise_identical(tmp_path, batch_size):
-    data = _dataset("image")
-    cfg = _small(arch="rn2", batch_size=batch_size, checkpoint_every=7)
+def test_resume_is_bitwise_identical(tmp_path, batch_size, small_config, synthetic_data):
+    data = synthetic_data("image")
+    cfg = small_config(arch="rn2", batch_size=batch_size, checkpoint_every=7)
     ref = train(cfg, data=data, progress=False)
 
     part = train(cfg, data=data, run_dir=tmp_path, progress=False, max_epochs_this_call=13)
@@ -238,13 +198,13 @@ def test_resume_is_bitwise_identical(tmp_path, batch_size):
     assert again.objective == ref.objective
     with pytest.raises(ValueError, match="different config"):
         train(
-            _small(arch="rn2", batch_size=batch_size, lr=0.5),
+            small_config(arch="rn2", batch_size=batch_size, lr=0.5),
             data=data,
             run_dir=tmp_path,
             progress=False,
         )
     fresh = train(
-        _small(arch="rn2", lr=0.5), data=data, run_dir=tmp_path, resume=False, progress=False
+        small_config(arch="rn2", lr=0.5), data=data, run_dir=tmp_path, resume=False, progress=False
     )
     assert fresh.objective != ref.objective
     # restarting from scratch removes the finished run's results until the new one finishes
@@ -253,9 +213,9 @@ def test_resume_is_bitwise_identical(tmp_path, batch_size):
     assert not (tmp_path / "features.npz").exists()
 
 
-def test_run_dir_files_and_load_result(tmp_path):
-    data = _dataset("vector")
-    cfg = _small(bias=True)
+def test_run_dir_files_and_load_result(tmp_path, small_config, synthetic_data):
+    data = synthetic_data("vector")
+    cfg = small_config(bias=True)
     res = train(cfg, data=data, run_dir=tmp_path, progress=False)
     names = {p.name for p in tmp_path.iterdir()}
     assert names == {"config.json", "metrics.json", "checkpoint.pt", "features.npz"}
@@ -275,7 +235,8 @@ def test_run_dir_files_and_load_result(tmp_path):
         "provenance",
     ):
         # via JSON: NaN (rel_change when not applicable) compares equal to itself there
-        assert json.dumps(getattr(back, key)) == json.dumps(getattr(res, key)), key
+        a, b = getattr(back, key), getattr(res, key)
+        assert json.dumps(a, default=json_default) == json.dumps(b, default=json_default), key
     for key in ("features", "labels", "W", "b"):
         np.testing.assert_array_equal(getattr(back, key), getattr(res, key))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -298,18 +259,20 @@ def test_run_dir_files_and_load_result(tmp_path):
     ]
 
 
-def test_window_test_fails_when_the_lr_is_annealed(tmp_path):
+def test_window_test_fails_when_the_lr_is_annealed(tmp_path, small_config, synthetic_data):
     """Cosine-to-zero leaves J nearly unchanged at the end whatever the distance to the optimum:
     the window test must fail there instead of passing (THEORY §9)."""
-    res = train(_small(epochs=100, lr=3e-3, eval_every=30), data=_dataset(), progress=False)
+    res = train(
+        small_config(epochs=100, lr=3e-3, eval_every=30), data=synthetic_data(), progress=False
+    )
     epochs = [h["epoch"] for h in res.history]
     assert epochs == [0, 30, 60, 90, 100]  # 90 = start of the final 10% window
     st = res.stationarity
     assert st["full_step"] is False and math.isnan(st["rel_change"])
     assert not st["converged"] and any("annealed" in r for r in st["reasons"])
     const = train(
-        _small(epochs=100, lr=3e-3, eval_every=30, lr_schedule="constant"),
-        data=_dataset(),
+        small_config(epochs=100, lr=3e-3, eval_every=30, lr_schedule="constant"),
+        data=synthetic_data(),
         progress=False,
     )
     st = const.stationarity
@@ -323,9 +286,9 @@ def test_window_test_fails_when_the_lr_is_annealed(tmp_path):
 # ----------------------------------------------------------------------------------- divergence
 
 
-def test_divergence_raises_and_keeps_checkpoint(tmp_path):
+def test_divergence_raises_and_keeps_checkpoint(tmp_path, small_config, synthetic_data):
     """SGD with lr·λ ≫ 2 makes the penalty grow geometrically until it overflows."""
-    cfg = _small(
+    cfg = small_config(
         optimizer="sgd",
         momentum=0.0,
         lr=1e4,
@@ -335,7 +298,7 @@ def test_divergence_raises_and_keeps_checkpoint(tmp_path):
         eval_every=2,
     )
     with pytest.raises(TrainingDivergedError, match="last good checkpoint is kept"):
-        train(cfg, data=_dataset(), run_dir=tmp_path, progress=False)
+        train(cfg, data=synthetic_data(), run_dir=tmp_path, progress=False)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert 2 <= ckpt["epoch"] < 200
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
@@ -383,9 +346,9 @@ def test_closed_form_reference_matches_spec_example():
 
 
 @pytest.mark.parametrize("arch", ["rn1", "t11"])
-def test_classifier_side_objective_above_layernorm_ufm(arch):
-    data = _dataset("image", n_per_class=10)
-    cfg = _small(arch=arch, width=8, depth=2, lam=0.05, epochs=300, lr=2e-2, eval_every=50)
+def test_classifier_side_objective_above_layernorm_ufm(arch, small_config, synthetic_data):
+    data = synthetic_data("image", n_per_class=10)
+    cfg = small_config(arch=arch, width=8, depth=2, lam=0.05, epochs=300, lr=2e-2, eval_every=50)
     res = train(cfg, data=data, progress=False)
     ufm_star = _ufm_value(K, 10, cfg.width, cfg.lam)
     classifier_side = res.fit + res.classifier_penalty
@@ -435,9 +398,9 @@ def test_cli_train_json(tmp_path, capsys):
     assert len(back.labels) == 50
 
 
-def test_num_threads_is_restored_and_cli_summary(tmp_path, capsys):
+def test_num_threads_is_restored_and_cli_summary(tmp_path, capsys, small_config, synthetic_data):
     before = torch.get_num_threads()
-    res = train(_small(num_threads=1, epochs=10), data=_dataset(), progress=False)
+    res = train(small_config(num_threads=1, epochs=10), data=synthetic_data(), progress=False)
     assert torch.get_num_threads() == before and res.completed
     rc = cli_main(
         [

@@ -10,6 +10,8 @@ from scipy.optimize import brentq
 
 import ufm
 
+pytestmark = pytest.mark.unit
+
 LN = "layernorm"
 CASES = [
     # LayerNorm CE: d' ≥ K−1 (d' = K−1 included), all bias modes, plain sphere, custom radius

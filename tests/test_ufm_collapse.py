@@ -7,6 +7,8 @@ import pytest
 
 import ufm
 
+pytestmark = pytest.mark.unit
+
 LN = "layernorm"
 
 

@@ -17,6 +17,8 @@ import ufm
 from ufm import solver
 from ufm.solver import UncertifiedOptimumWarning
 
+pytestmark = pytest.mark.unit
+
 COUNTS = [40, 20, 10, 5, 2]
 #: the optimum of the free-feature case, as found by the issue with 64 starts (and by us)
 FREE_OPTIMUM = 0.1250142

@@ -11,6 +11,8 @@ import pytest
 import ufm
 from ufm.solver import _Objective
 
+pytestmark = pytest.mark.unit
+
 LN = "layernorm"
 
 

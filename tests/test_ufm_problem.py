@@ -11,6 +11,8 @@ import pytest
 import ufm
 from ufm.cli import main
 
+pytestmark = pytest.mark.unit
+
 BASE = dict(loss="ce", num_classes=3, samples_per_class=2, width=4, lam_W=0.01, lam_H=0.01)
 
 
@@ -132,12 +134,3 @@ def test_module_entry_point():
     value = data["solution"]["value"]
     c = math.sqrt(5 * 0.01 * 0.01)
     assert value == pytest.approx(4 * c * (1 - 4 * c / 2), rel=1e-12)
-
-
-def test_ufm_imports_no_sibling_packages():
-    import subprocess
-    import sys
-
-    code = ("import sys, ufm; bad = [m for m in sys.modules if m.split('.')[0] in "
-            "('deepnet', 'reduction')]; assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True)

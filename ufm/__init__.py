@@ -18,7 +18,7 @@ from .certificate import Certificate, certify, estimate_seconds
 from .closed_form import ClosedFormUnavailable, closed_form, closed_form_reason
 from .gufm import GUFMGeometry, context_counts, gufm_geometry
 from .problem import Points, Problem, evaluate
-from .solution import Solution, classify_geometry
+from .solution import Method, Solution, Status, classify_geometry
 from .solver import UncertifiedOptimumWarning, solve, solve_numerical
 
 try:
@@ -30,9 +30,11 @@ __all__ = [
     "Certificate",
     "ClosedFormUnavailable",
     "GUFMGeometry",
+    "Method",
     "Points",
     "Problem",
     "Solution",
+    "Status",
     "UncertifiedOptimumWarning",
     "__version__",
     "certify",

@@ -50,11 +50,15 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .problem import Points, ce_fit_grad, mse_constant
 from .ridge import ridge_fit
+
+if TYPE_CHECKING:  # cvxpy is imported when an SDP certificate is computed
+    import cvxpy as cp
 from .solution import Solution
 from .threads import single_thread_blas
 
@@ -117,7 +121,7 @@ class Certificate:
         return d
 
 
-def _data_term(solution: Solution, Zb: cp.Expression, pts: Points) -> cp.Expression:  # noqa: F821
+def _data_term(solution: Solution, Zb: cp.Expression, pts: Points) -> cp.Expression:
     import cvxpy as cp
 
     p = solution.problem
@@ -372,6 +376,7 @@ def _balanced_ce_gradient(Z0: np.ndarray, b: np.ndarray, C: np.ndarray, m: np.nd
         Hm = (np.diag(q @ m) - (q * m) @ q.T) / N
         Hm += (np.trace(Hm) / K) * np.ones((K, K)) / K  # the 1-direction is flat
         b = b - np.linalg.solve(Hm, g)
+    assert best is not None  # the first iteration always sets it
     _, G, Zb = best
     Y = G / N
     r = Y.sum(axis=1)
@@ -406,6 +411,7 @@ def _neg_conjugate(p, C: np.ndarray, m: np.ndarray, N: int, Y: np.ndarray,
                    q: np.ndarray | None, pts: Points) -> float:
     """−L*(Y) (module docstring); for CE, q (K×P) are the distributions with Y = (m q − C)/N."""
     if p.loss == "ce":
+        assert q is not None  # CE's dual point comes with its distributions
         return float(m @ _entropy_cols(q)) / N
     Ybar = C / m
     return mse_constant(pts, N) - float(np.sum(Y * Ybar)) - N * float(np.sum(Y**2 / m)) / 2
@@ -425,6 +431,7 @@ def _certify_dual(solution: Solution, pts: Points, level: str, tolerance: float)
             if solution.b is not None:
                 Z = Z + solution.b[:, None]
             if p.bias == "free":
+                assert solution.b is not None  # a free bias is part of the solution
                 Y, q = _balanced_ce_gradient(solution.W @ Hp, solution.b, C, m, N)
             else:
                 Y = ce_fit_grad(Z, C, m)[1] / N  # (m q − C)/N, without cancellation

@@ -397,6 +397,7 @@ def _solution(
 ) -> Solution:
     """The closed-form Solution, its value evaluated (MSE: from the ridge residual R)."""
     if p.loss == "mse":
+        assert R is not None  # every MSE closed form comes with its ridge residual
         fit, pen = mse_value(p, W, Hp, bvec, R, p.points)
     else:
         fit, pen = evaluate(p, W, Hp, bvec, p.points)

@@ -28,6 +28,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TypeGuard
 
 import numpy as np
 
@@ -36,7 +37,7 @@ BIASES = ("none", "free", "regularized")
 FEATURES = ("free", "layernorm")
 
 
-def _is_int(x: object) -> bool:
+def _is_int(x: object) -> TypeGuard[int]:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
@@ -135,7 +136,7 @@ class Problem:
     features: str = "free"
     radius: float | None = None
     centered: bool = True
-    groups: Sequence[Sequence[int]] | None = field(default=None)
+    groups: Sequence[Sequence[int] | np.ndarray] | None = field(default=None)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -213,12 +214,14 @@ class Problem:
         if self.groups is not None:
             object.__setattr__(self, "groups", self._validate_groups(self.groups))
 
-    def _validate_groups(self, groups: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+    def _validate_groups(
+        self, groups: Sequence[Sequence[int] | np.ndarray]
+    ) -> tuple[tuple[int, ...], ...]:
         """Check indices and disjointness, vectorised (a language-model problem has N ~ 10⁵)."""
         N = self.N
         msg = "groups must be a sequence of sequences of sample indices"
         try:
-            items = [g if isinstance(g, np.ndarray) else list(g) for g in groups]  # type: ignore[union-attr]
+            items = [g if isinstance(g, np.ndarray) else list(g) for g in groups]
         except TypeError:
             raise ValueError(msg) from None
         arrays = []

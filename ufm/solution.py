@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 
 from .problem import Points, Problem
+
+#: whether a solution's value is known to be the global optimum (see :class:`Solution`)
+Status = Literal["closed_form", "certified", "not_certified", "unknown"]
+#: how a solution was found
+Method = Literal["closed_form", "numerical"]
 
 
 @dataclass(frozen=True)
@@ -15,13 +21,13 @@ class Solution:
 
     ``W`` (K×width), ``H_points`` (width×P, one feature per point of ``points``), ``b`` (K,) or
     None; ``H`` (width×N, samples class-major) is expanded from the points on access.
-    ``value = fit + penalty``. ``method`` is "closed_form" or "numerical".
+    ``value = fit + penalty``. ``method`` (:data:`Method`) is "closed_form" or "numerical".
 
-    ``status`` says whether the value is known to be the global optimum: "closed_form" (a
-    theorem, THEORY §4/§11), "certified" (the dual bound ``lower_bound`` is within a relative
-    1e-6 of ``value``, THEORY §5), "not_certified" (the best of several starts; the relaxation is
-    not tight, so no bound proves it global) or "unknown" (not checked). ``certified`` is True
-    for the first two.
+    ``status`` (:data:`Status`) says whether the value is known to be the global optimum:
+    "closed_form" (a theorem, THEORY §4/§11), "certified" (the dual bound ``lower_bound`` is
+    within a relative 1e-6 of ``value``, THEORY §5), "not_certified" (the best of several starts;
+    the relaxation is not tight, so no bound proves it global) or "unknown" (not checked).
+    ``certified`` is True for the first two.
     """
 
     problem: Problem
@@ -32,11 +38,17 @@ class Solution:
     fit: float
     penalty: float
     geometry: str
-    method: str
+    method: Method
     points: Points
     info: dict = field(default_factory=dict)
-    status: str = "unknown"
+    status: Status = "unknown"
     lower_bound: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in get_args(Status):
+            raise ValueError(f"status must be one of {get_args(Status)}, got {self.status!r}")
+        if self.method not in get_args(Method):
+            raise ValueError(f"method must be one of {get_args(Method)}, got {self.method!r}")
 
     @property
     def certified(self) -> bool:

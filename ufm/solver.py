@@ -44,7 +44,7 @@ from .closed_form import (
 )
 from .problem import Points, Problem, ce_fit_grad, check_finite, evaluate
 from .ridge import mse_value, ridge_fit
-from .solution import Solution, class_means, classify_geometry
+from .solution import Solution, Status, class_means, classify_geometry
 from .threads import single_thread_blas
 
 
@@ -89,6 +89,7 @@ class _Objective:
         """Gradient in U from gradient G in H: (r/‖Pu‖)(P g − v (vᵀg))."""
         if not self.ln:
             return G
+        assert V is not None and nrm is not None  # features() returns them for LayerNorm
         PG = G - G.mean(axis=0) if self.p.centered else G
         return (self.p.r / nrm) * (PG - V * np.sum(V * G, axis=0))
 
@@ -97,6 +98,7 @@ class _Objective:
         W, b, U = self.split(x)
         H, V, nrm = self.features(U)
         if p.loss == "ce":
+            assert W is not None  # split() returns W for CE (MSE solves it by ridge)
             Z = W @ H
             if b is not None:
                 Z = Z + b[:, None]
@@ -119,6 +121,7 @@ class _Objective:
             return float(f), GU.ravel()
         parts = [self.wscale * (GZ @ H.T + p.lam_W * W).ravel()]
         if self.has_b:
+            assert b is not None  # split() returns b when the problem has one
             gb = GZ.sum(axis=1)
             if p.bias == "regularized":
                 gb = gb + p.lam_b * b
@@ -413,6 +416,7 @@ def _point(problem: Problem, pts: Points, obj: _Objective, x: np.ndarray) -> Sol
         W, b, R = ridge_fit(problem, H, pts)
         fit, pen = mse_value(problem, W, H, b, R, pts)
     else:
+        assert W is not None  # split() returns W for CE
         fit, pen = evaluate(problem, W, H, b, pts)
     return Solution(
         problem=problem, W=W, H_points=H, b=b, value=fit + pen, fit=fit, penalty=pen,
@@ -552,7 +556,8 @@ def _solve_numerical(
         "variables": "features" if problem.loss == "mse" else "W,b,features",
         "scales": {"value": ref, "W": wscale, "b": bscale, "rebalance": t_bal},
     }
-    status, lower = ("not_certified" if certify else "unknown"), None
+    status: Status = "not_certified" if certify else "unknown"
+    lower = None
     if certify and cert is None:
         info.update(lower_bound=None, relaxation_rank=None, certificate_rel_gap=None)
     if cert is not None:
@@ -573,6 +578,7 @@ def _assemble(problem: Problem, work: Problem, t_bal: float, obj: _Objective, pt
         W, H = t_bal * W, H / t_bal
         fit, pen = mse_value(problem, W, H, b, R, pts)
     else:
+        assert W is not None  # split() returns W for CE
         W, H = t_bal * W, H / t_bal
         if b is not None and problem.bias == "free":
             b = b - b.mean()  # CE is invariant to b + t·1; report the centred representative

@@ -1,15 +1,16 @@
 """Deterministic, offline datasets for the deep networks (THEORY §8).
 
 Layout: :mod:`.container` (:class:`Dataset`), :mod:`.registry` (:func:`register_dataset`,
-:func:`available_datasets`), :mod:`.pipeline` (dedup, split, balanced subsets, scaling, the cache,
-:func:`load_dataset`), :mod:`.text` (tokeniser, vocabulary, encoding), :mod:`.nexttoken`
-(next-token contexts, :func:`load_nexttoken`), and :mod:`.sources` (one reader module per source,
-each registering itself).
+:func:`available_datasets`), :mod:`.load` (:func:`load_dataset`), :mod:`.pipeline` (dedup,
+split, balanced subsets, scaling, the cache), :mod:`.text` (tokeniser, vocabulary, encoding),
+:mod:`.nexttoken` (next-token contexts, :func:`load_nexttoken`), and :mod:`.sources` (one
+reader module per source, each registering itself). Adding a dataset is one reader module in
+:mod:`.sources` that calls :func:`register_dataset`, and its import in ``sources/__init__.py``.
 """
 
 from .container import Dataset
+from .load import load_dataset
 from .nexttoken import load_nexttoken
-from .pipeline import load_dataset
 from .registry import DatasetSpec, available_datasets, dataset_spec, register_dataset
 from .sources import cifar10, fashion, imdb, wordnet  # registers every built-in reader
 from .text import PAD_ID, UNK_ID, tokenize

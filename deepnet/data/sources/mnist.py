@@ -38,7 +38,7 @@ def read_mnist(root: Path | None) -> dict:
     is_zip = zipfile.is_zipfile(store_path)
     store: Any = ZipStore(str(store_path), mode="r") if is_zip else str(store_path)
     try:
-        g = zarr.open_group(store, mode="r")
+        g: Any = zarr.open_group(store, mode="r")
         arrays = {
             k: np.asarray(g[k][:])
             for k in ("train_images", "train_labels", "test_images", "test_labels")
