@@ -384,6 +384,27 @@ def test_idx_reader_and_fashion_tiny(tmp_path: Path, gz: bool) -> None:
     assert ds.class_names[-1] == "Ankle boot"
 
 
+def test_pool_averages_blocks_before_the_pipeline(tmp_path: Path) -> None:
+    arrays = _tiny_fashion(tmp_path, gz=False)
+    opts = {"root": tmp_path, "n_per_class": None, "standardize": False, "cache": False}
+    full = load_dataset("fashion-mnist", **opts)
+    pooled = load_dataset("fashion-mnist", pool=2, **opts)
+    assert pooled.x_train.shape == (50, 1, 14, 14)
+    # independent formula: the mean of each 2x2 block of the raw pixels, scaled to [0, 1]
+    raw = arrays["train-images-idx3-ubyte"].astype(np.float64) / 255.0
+    expect = (raw[:, 0::2, 0::2] + raw[:, 1::2, 0::2] + raw[:, 0::2, 1::2] + raw[:, 1::2, 1::2]) / 4
+    for img, big in zip(pooled.x_train[:, 0], full.x_train[:, 0], strict=True):
+        i = int(np.argmin(np.abs(raw - big).reshape(len(raw), -1).max(1)))  # its raw image
+        np.testing.assert_allclose(big, raw[i], atol=1e-6)
+        np.testing.assert_allclose(img, expect[i], atol=1e-6)
+    with pytest.raises(ValueError, match="must divide the image height"):
+        load_dataset("fashion-mnist", pool=3, **opts)
+    with pytest.raises(ValueError, match="integer >= 1"):
+        load_dataset("fashion-mnist", pool=0, **opts)
+    with pytest.raises(ValueError, match="unknown option"):
+        load_dataset("mnist1d", n_per_class=5, pool=2)
+
+
 def test_idx_reader_rejects_bad_files(tmp_path: Path) -> None:
     (tmp_path / "bad").write_bytes(b"\x12\x34\x08\x01rest")
     with pytest.raises(ValueError, match="not an IDX file"):

@@ -23,6 +23,9 @@ the known):
   wordnet. ``split_seed`` is separate from ``seed`` so that the test set stays fixed while ``seed``
   changes the training subset.
 - ``standardize`` (True): images/vectors only; False keeps pixels scaled to [0, 1].
+- ``pool`` (1): images only; average-pool every image over non-overlapping ``pool``×``pool``
+  blocks before deduplication (28×28 → 14×14 at 2), so that a small training set can still have
+  many more samples than input dimensions (N ≫ input dims, THEORY §9).
 - ``drop_test_overlap`` (True): sources with an official split only.
 - ``max_len`` (64), ``max_vocab`` (10000, including the two special ids 0 = pad, 1 = unk),
   ``min_freq`` (1), ``dedup_encoded`` (True): text only. Sequences keep their first ``max_len``
@@ -220,6 +223,24 @@ def _take(x: Any, idx: np.ndarray) -> Any:
     return [x[i] for i in idx] if isinstance(x, list) else x[idx]
 
 
+def pool_images(x: np.ndarray, pool: int) -> np.ndarray:
+    """Average ``x`` (N, C, H, W) over non-overlapping ``pool``×``pool`` blocks (float64)."""
+    n, c, h, w = x.shape
+    if pool == 1:
+        return x
+    if h % pool or w % pool:
+        raise ValueError(f"pool={pool} must divide the image height and width {h}×{w}")
+    blocks = np.asarray(x, dtype=np.float64).reshape(n, c, h // pool, pool, w // pool, pool)
+    return blocks.mean(axis=(3, 5))
+
+
+def _pool_option(options: dict[str, Any]) -> int:
+    pool = options.get("pool", 1)
+    if isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or pool < 1:
+        raise ValueError(f"data option pool must be an integer >= 1, got {pool!r}")
+    return int(pool)
+
+
 def _clean_and_split(
     raw: dict, test_fraction: float, split_seed: int, drop_test_overlap: bool
 ) -> tuple[Any, np.ndarray, Any, np.ndarray, dict]:
@@ -332,12 +353,19 @@ def load_labelled(
         bool(options.get("drop_test_overlap", True)),
     )
     use_cache = bool(options.get("cache", True))
+    pool = _pool_option(options)
 
-    # Stage 1 (cached): raw source -> dedup -> split.
-    base_key = (key, str(root_path), reader_opts, *split_opts)
+    # Stage 1 (cached): raw source -> (pool) -> dedup -> split.
+    base_key = (key, str(root_path), reader_opts, *split_opts, pool)
     base = CACHE.get(base_key) if use_cache else None
     if base is None:
         raw = read_raw(spec, root_path, options)
+        if pool != 1:
+            if raw["kind"] != "image":
+                raise ValueError(f"data option pool applies to images only, not {raw['kind']}")
+            raw = dict(raw)
+            for k in [k for k in raw if k.startswith("x")]:
+                raw[k] = pool_images(np.asarray(raw[k]), pool)
         xtr, ytr, xte, yte, info = _clean_and_split(raw, *split_opts)
         meta = {k: v for k, v in raw.items() if not k.startswith(("x", "y"))}
         base = freeze({"meta": meta, "xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte, "info": info})

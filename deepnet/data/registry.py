@@ -35,7 +35,7 @@ KINDS = ("image", "vector", "text", "nexttoken")
 
 #: options the pipeline understands, per registry kind (the reader's own options come on top)
 PIPELINE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "image": ("cache", "test_fraction", "split_seed", "drop_test_overlap", "standardize"),
+    "image": ("cache", "test_fraction", "split_seed", "drop_test_overlap", "standardize", "pool"),
     "vector": ("cache", "test_fraction", "split_seed", "drop_test_overlap", "standardize"),
     "text": (
         "cache",
