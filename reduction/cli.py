@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,8 @@ def _interrupted(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "deepcollapse") -> int:
-    """Run a subcommand; returns the exit status (0; 2 user error; 130 interrupted)."""
+    """Run a subcommand; returns the exit status (0; 1 every run of a sweep failed; 2 user error;
+    130 interrupted)."""
     state: dict[str, argparse.Namespace] = {}
 
     def body() -> int:
@@ -230,6 +232,15 @@ def _run(args: argparse.Namespace) -> int:
         )
     else:
         print(to_text(result))
+    failed = [r for r in result.rows if r.get("status", "ok") != "ok"]
+    if args.command == "sweep" and result.rows and len(failed) == len(result.rows):
+        # a sweep with no finished run has no result: say so, and exit non-zero for scripts
+        print(
+            f"error: all {len(failed)} runs failed; first error: {failed[0].get('error')} "
+            f"(every error is in {Path(result.out_dir) / 'results.csv'}, column error)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -548,3 +548,26 @@ def test_absurd_values_are_one_line(tmp_path, run_python):
     assert not out.exists()
     with pytest.raises(ValueError, match="more than the"):
         check_threads(100000)
+
+
+def test_cli_sweep_where_every_run_fails_exits_1(
+    tmp_path, digits, tiny_preset, monkeypatch, capsys
+):
+    import reduction.sweep as sweep_module
+    from reduction.cli import main
+
+    real = sweep_module.run_sweep
+
+    def broken(config, **kw):
+        raise RuntimeError("disk on fire")
+
+    def tiny(preset, out, **kw):
+        return real(tiny_preset, out, depths=(0, 1), seeds=(0,), data=digits, trainer=broken,
+                    workers=1, progress=False, budget_check=False)  # fmt: skip
+
+    monkeypatch.setattr(sweep_module, "run_sweep", tiny)
+    code = main(["sweep", "--preset", "cpu-rn1-mnist1d", "--out", str(tmp_path / "s"), "--quiet"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 1
+    assert len(err) == 1 and "all 2 runs failed" in err[0] and "disk on fire" in err[0]
+    assert (tmp_path / "s" / "results.csv").exists()  # nothing lost: the failures are recorded
