@@ -1,6 +1,10 @@
 """Execute the notebooks in smoke mode and store them with their outputs (what a reader sees).
 
     .venv/bin/python scripts/run_notebooks.py [NAME ...]
+    .venv/bin/python scripts/run_notebooks.py --full RESULTS_DIR NAME ...
+
+``--full``: full mode, reading the presets' finished sweep folders under RESULTS_DIR (never
+training: DEEPCOLLAPSE_READ_ONLY=1), so the stored outputs show the real runs.
 
 Each notebook runs in its own folder (notebooks/), so everything it writes lands under
 notebooks/results/ (not committed). Timing metadata is not recorded, so a rerun changes only what
@@ -21,9 +25,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(names: list[str]) -> int:
-    os.environ.update(DEEPCOLLAPSE_SMOKE="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1")
-    os.environ.pop("DEEPCOLLAPSE_FULL", None)
-    os.environ.pop("DEEPCOLLAPSE_RESULTS", None)
+    os.environ.update(MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    if names[:1] == ["--full"]:
+        if len(names) < 3:
+            print("usage: run_notebooks.py --full RESULTS_DIR NAME ...", file=sys.stderr)
+            return 2
+        # relative to notebooks/, where each notebook runs (no machine path in the outputs)
+        results = os.path.relpath(Path(names[1]).resolve(), ROOT / "notebooks")
+        names = names[2:]
+        os.environ.update(DEEPCOLLAPSE_FULL="1", DEEPCOLLAPSE_RESULTS=results,
+                          DEEPCOLLAPSE_READ_ONLY="1")  # fmt: skip
+        os.environ.pop("DEEPCOLLAPSE_SMOKE", None)
+    else:
+        os.environ.update(DEEPCOLLAPSE_SMOKE="1")
+        for key in ("DEEPCOLLAPSE_FULL", "DEEPCOLLAPSE_RESULTS", "DEEPCOLLAPSE_READ_ONLY"):
+            os.environ.pop(key, None)
     paths = sorted((ROOT / "notebooks").glob("*.ipynb"))
     if names:
         paths = [p for p in paths if p.stem in names or p.name in names]

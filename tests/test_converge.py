@@ -502,8 +502,11 @@ def re_escape(text: str) -> str:
 def test_convergence_criteria_defaults_are_pinned():
     """The criteria a run is judged by do not move quietly (THEORY §9): changing one of these is
     a decision to state in THEORY and the results, not a tweak."""
+    from reduction.aggregate import SEED_TOL
+    from reduction.budget import BUDGET_TOL
     from reduction.presets import PRESETS
 
+    assert (SEED_TOL, BUDGET_TOL) == (0.02, 0.01)
     cfg = RunConfig()
     assert (cfg.grad_tol, cfg.rel_tol, cfg.conv_window) == (0.02, 1e-3, 0.1)
     assert (cfg.escape_tol, cfg.escape_lbfgs_iters, cfg.escape_adam_steps) == (1e-3, 50, 200)
