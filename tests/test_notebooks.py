@@ -60,16 +60,22 @@ def _text(output: dict) -> str:
     return "".join(text) + "".join(plain)
 
 
+#: notebooks stored with the outputs of the full presets, read from their sweep folders
+#: (scripts/run_notebooks.py --full): 03 shows the converged transformer presets (issue 20)
+STORED_FULL = {"03_transformer_depth"}
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_outputs_are_stored_from_a_smoke_run(path: Path):
+def test_outputs_are_stored_from_a_recorded_run(path: Path):
     """A reader online sees what a run printed and drew: every code cell ran, in order, without
-    an error or a warning, in smoke mode; every figure is an image no wider than 1400 px; no
-    output shows a path of the machine that ran it."""
+    an error or a warning, in smoke mode (in full mode for STORED_FULL); every figure is an
+    image no wider than 1400 px; no output shows a path of the machine that ran it."""
     cells = _cells(path)
     assert [c["execution_count"] for c in cells] == list(range(1, len(cells) + 1))
     outputs = [o for c in cells for o in c["outputs"]]
     assert not [o for o in outputs if o["output_type"] == "error"]
-    assert "smoke mode" in "".join(_text(o) for o in cells[0]["outputs"])
+    mode = "full mode" if path.stem in STORED_FULL else "smoke mode"
+    assert mode in "".join(_text(o) for o in cells[0]["outputs"])
     text = "\n".join(_text(o) for o in outputs)
     for bad in ("/work/", "/tmp/", "/home/", "Traceback", "Warning:"):
         assert bad not in text, f"{path.name}: output shows {bad!r}"
