@@ -312,7 +312,10 @@ def fit_rate(
 # ------------------------------------------------------------------------------------------
 
 #: the exponents α the limit fit searches (log-spaced; the best grid point is then refined)
-_ALPHAS = np.exp(np.linspace(math.log(0.02), math.log(5.0), 240))
+#: the exponents α the limit fit searches; at the lower end a + C·L^(−α) ≈ (a + C) − Cα·log L,
+#: so a fit pinned there says "falls like log L or slower" and its limit a is not determined
+ALPHA_MIN, ALPHA_MAX = 0.02, 5.0
+_ALPHAS = np.exp(np.linspace(math.log(ALPHA_MIN), math.log(ALPHA_MAX), 240))
 #: a limit is "zero" when its interval starts at 0 and ends below this fraction of the value at
 #: the deepest depth, a "floor" when its interval starts above that fraction [choice]
 LIMIT_FRACTION = 0.5
@@ -715,8 +718,9 @@ def verdict(
       than a power law) and hi < ``fraction``·v_deep (they rule out a floor that large);
     - "floor": lo > ``fraction``·v_deep: most of what remains at the deepest depth does not go
       away with depth (a conclusively flat metric is a floor);
-    - "inconclusive" otherwise: no fit (the note says why, e.g. not converged), or a limit whose
-      interval straddles ``fraction``·v_deep or is positive but small.
+    - "inconclusive" otherwise: no fit (the note says why, e.g. not converged), a limit whose
+      interval straddles ``fraction``·v_deep or is positive but small, or a "zero" whose α sits at
+      the fit's lower bound ALPHA_MIN (a line in log L: its limit is not determined).
 
     Returns {"metric", "verdict", "expect", "agrees" (verdict == expect; None when
     inconclusive), "reason"} with the numbers in the reason.
@@ -760,6 +764,15 @@ def verdict(
         f"{fraction:g} × {deep:.3g} (the value at the deepest depth), α = "
         f"{float(entry.get('limit_alpha', math.nan)):.2f}"
     )
+    alpha = float(entry.get("limit_alpha", math.nan))
+    if lo <= 0 and hi < bar and alpha <= 1.05 * ALPHA_MIN:
+        # α pinned at its bound: the fit is a line in log L whose a runs to −∞ with α → 0, so a
+        # limit "below 0" is an artefact of the bound, not evidence of a fast decay
+        return result(
+            "inconclusive",
+            f"α at the fit's lower bound {ALPHA_MIN:g} (the values fall like log L or slower "
+            f"over these depths), so the data do not fix the limit: {where}{tail}",
+        )
     if lo <= 0 and hi < bar:
         how = (
             "below 0 (the curve falls faster than a power law): no floor"

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from reduction.rates import (
+    ALPHA_MIN,
     BOOTSTRAP_MIN_SEEDS,
     LIMIT_FRACTION,
     fit_limit,
@@ -341,6 +342,24 @@ def test_verdicts_read_the_limit():
         verdict(limit_entry(0.0), "decreasing")
     with pytest.raises(ValueError, match="fraction"):
         verdict(limit_entry(0.0), "zero", fraction=1.5)
+
+
+def test_a_fit_pinned_at_the_lowest_alpha_cannot_say_zero():
+    """Values that fall like log L (NC1 of the MSE preset, NC1 on Fashion) are fitted with α at
+    its lower bound and a limit far below 0; that limit is an artefact of the bound, so the
+    verdict is inconclusive rather than "zero"."""
+    L = DEPTHS
+    V = np.array([(1.0 - 0.12 * np.log(L)) * (1 + 0.01 * k) for k in range(3)])
+    assert np.all(V > 0)
+    f = fit_limit(L, V)
+    assert f.alpha <= 1.05 * ALPHA_MIN and f.limit < 0
+    entry = {"metric": "nc1", "limit": f.limit, "limit_ci_low": f.limit_ci[0],
+             "limit_ci_high": f.limit_ci[1], "limit_value_deepest": f.value_deepest,
+             "limit_alpha": f.alpha}  # fmt: skip
+    v = verdict(entry, "zero")
+    assert v["verdict"] == "inconclusive" and "lower bound" in v["reason"]
+    # the same entry with a determined α would read as zero
+    assert verdict({**entry, "limit_alpha": 0.5}, "zero")["verdict"] == "zero"
 
 
 def test_preset_verdict_combines_metrics():
