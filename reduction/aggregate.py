@@ -24,7 +24,13 @@ from reduction.layout import RUNS, SPEC, read_rows
 from reduction.plan import Sweep, SweepIdentity, config_disagreement
 from reduction.plots import plot_depth
 from reduction.presets import Preset
-from reduction.rates import GAP_FRACTION, preset_verdict, rate_table, summarize_by_depth
+from reduction.rates import (
+    GAP_FRACTION,
+    preset_verdict,
+    rate_table,
+    row_ok,
+    summarize_by_depth,
+)
 from reduction.registry import Row, rate_metrics, summary_metrics
 from reduction.results import SweepResult
 
@@ -65,7 +71,7 @@ def split_rows(
             why, config = f"its config is unreadable ({err})", None
         if config is not None:
             why = identity.diff(config)
-            if not why and _ok(row) and not row.get("unsaved"):
+            if not why and row_ok(row) and not row.get("unsaved"):
                 why = _config_json_disagrees(out / row["run_dir"], config)
         if why:
             excluded.append(
@@ -92,10 +98,6 @@ def _config_json_disagrees(run_dir: Path, config: Any) -> str:
     return f"config.json disagrees with row.json ({d}): an edited folder" if d else ""
 
 
-def _ok(row: Mapping[str, Any]) -> bool:
-    return row.get("status", "ok") == "ok"
-
-
 def monotone_certificate(rows: list[Row]) -> dict[str, Any]:
     """Add the sandwich and monotone columns to ``rows`` (in place) and summarise violations.
 
@@ -110,7 +112,7 @@ def monotone_certificate(rows: list[Row]) -> dict[str, Any]:
         best: float = math.inf
         best_depth = None
         for r in sorted((r for r in rows if r["seed"] == seed), key=lambda r: r["depth"]):
-            if not _ok(r):
+            if not row_ok(r):
                 continue
             J = float(r["objective"])
             excess = (J - best) / abs(best) if math.isfinite(best) else 0.0
@@ -142,7 +144,7 @@ def _seed_certificate(rows: list[Row]) -> dict[str, Any]:
     seed found (columns ``seed_excess``, ``seed_ok``); rate fits leave it out. Rows carry the
     subset seed they trained on as ``data_seed``; where each seed draws its own data, a group
     holds one seed and the check compares it with its own shallower runs only."""
-    shared = [r for r in rows if _ok(r) and r.get("data_seed") not in (None, "")]
+    shared = [r for r in rows if row_ok(r) and r.get("data_seed") not in (None, "")]
     above = []
     for data_seed in sorted({str(r["data_seed"]) for r in shared}):
         group = sorted(
@@ -271,7 +273,7 @@ def report(
     }
     if write:
         _write_csv(paths["results"], table_rows(rows))
-    ok = [r for r in rows if _ok(r)]
+    ok = [r for r in rows if row_ok(r)]
     if tables_only:
         return SweepResult(out, preset, list(rows), [], [], fingerprint=identity.fingerprint,
                            excluded=excluded, written=bool(write))  # fmt: skip
@@ -284,7 +286,7 @@ def report(
     failed = [
         {k: r.get(k) for k in ("depth", "seed", "status", "error", "run_dir")}
         for r in rows
-        if not _ok(r)
+        if not row_ok(r)
     ]
     if ok:
         metrics = [m for m in SUMMARY_METRICS if m in ok[0]]
@@ -444,7 +446,7 @@ def load_results(out_dir: str | os.PathLike[str], table: str = "results") -> Any
 
 
 def _finished(out: Path) -> list[Row]:
-    return [r for r in read_rows(out) if _ok(r)]
+    return [r for r in read_rows(out) if row_ok(r)]
 
 
 def _layers(out: Path) -> list[dict[str, Any]]:

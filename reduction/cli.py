@@ -232,7 +232,9 @@ def _run(args: argparse.Namespace) -> int:
         )
     else:
         print(to_text(result))
-    failed = [r for r in result.rows if r.get("status", "ok") != "ok"]
+    from reduction.rates import row_ok
+
+    failed = [r for r in result.rows if not row_ok(r)]
     if args.command == "sweep" and result.rows and len(failed) == len(result.rows):
         # a sweep with no finished run has no result: say so, and exit non-zero for scripts
         print(

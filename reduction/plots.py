@@ -21,9 +21,9 @@ except ImportError:  # the [plots] extra is not installed: one line naming it
 from .rates import (
     Rows,
     _depth_key,
-    _status_ok,
     load_rows,
     rate_table,
+    row_ok,
     run_status,
     summarize_by_depth,
 )
@@ -133,7 +133,7 @@ def plot_depth(
     kinds = [run_status(r, converged_only=converged_only) for r in rows]
     used = [r for r, k in zip(rows, kinds) if k == "used"]
     unconverged = [r for r, k in zip(rows, kinds) if k in ("unconverged", "suboptimal")]
-    baseline = [r for r, k in zip(rows, kinds) if k == "baseline" and _status_ok(r)]
+    baseline = [r for r, k in zip(rows, kinds) if k == "baseline" and row_ok(r)]
     if not used and not unconverged:
         raise ValueError("no usable runs at depth > 0 to plot (every row failed or has depth ≤ 0)")
     summary = summarize_by_depth(used, metrics) if used else []
@@ -281,7 +281,7 @@ def plot_layer_profile(
 
     Returns a matplotlib Figure (no pyplot state) with one Line2D per depth.
     """
-    rows = [r for r in load_rows(profiles) if _status_ok(r)]
+    rows = [r for r in load_rows(profiles) if row_ok(r)]
     if not rows:
         raise ValueError("no layer-profile rows to plot")
     groups: dict[Any, dict[int, list[Any]]] = {}

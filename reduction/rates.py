@@ -311,9 +311,9 @@ def fit_rate(
 # the limit as depth grows: v(L) ≈ a + C·L^(−α)  (THEORY §12)
 # ------------------------------------------------------------------------------------------
 
-#: the exponents α the limit fit searches (log-spaced; the best grid point is then refined)
-#: the exponents α the limit fit searches; at the lower end a + C·L^(−α) ≈ (a + C) − Cα·log L,
-#: so a fit pinned there says "falls like log L or slower" and its limit a is not determined
+#: the exponents α the limit fit searches (log-spaced; the best grid point is then refined); at
+#: the lower end a + C·L^(−α) ≈ (a + C) − Cα·log L, so a fit pinned there says "falls like log L
+#: or slower" and its limit a is not determined
 ALPHA_MIN, ALPHA_MAX = 0.02, 5.0
 _ALPHAS = np.exp(np.linspace(math.log(ALPHA_MIN), math.log(ALPHA_MAX), 240))
 #: a limit is "zero" when its interval starts at 0 and ends below this fraction of the value at
@@ -532,8 +532,9 @@ def _flag(v: Any, name: str) -> bool | None:
     raise ValueError(f"{name!r} must be a boolean (True/False), got {v!r}")
 
 
-def _status_ok(row: Mapping[str, Any]) -> bool:
-    """True unless the row has a ``status`` other than "ok" (missing or empty reads as ok)."""
+def row_ok(row: Mapping[str, Any]) -> bool:
+    """True unless the row has a ``status`` other than "ok" (missing or empty reads as ok): the
+    one test of a finished run, for rows in memory and rows read back from CSV."""
     status = row.get("status")
     return _missing(status) or str(status).strip().lower() == "ok"
 
@@ -549,7 +550,7 @@ def run_status(row: Mapping[str, Any], *, converged_only: bool = True) -> str:
         raise ValueError(f"row has no 'depth' column (columns: {sorted(row)})")
     if float(_depth_key(row["depth"])) <= 0:
         return "baseline"
-    if not _status_ok(row):
+    if not row_ok(row):
         return "failed"
     if converged_only and _flag(row.get("converged"), "converged") is False:
         return "unconverged"
@@ -759,21 +760,20 @@ def verdict(
     )
     tail = f"; {excluded} runs left out (not converged or not certified)" if excluded else ""
     level = 100 * float(entry.get("ci_level", 0.95))
+    alpha = float(entry.get("limit_alpha", math.nan))
     where = (
         f"limit {limit:.3g} [{lo:.3g}, {hi:.3g}] ({level:.0f}% bootstrap) against "
-        f"{fraction:g} × {deep:.3g} (the value at the deepest depth), α = "
-        f"{float(entry.get('limit_alpha', math.nan)):.2f}"
+        f"{fraction:g} × {deep:.3g} (the value at the deepest depth), α = {alpha:.2f}"
     )
-    alpha = float(entry.get("limit_alpha", math.nan))
-    if lo <= 0 and hi < bar and alpha <= 1.05 * ALPHA_MIN:
-        # α pinned at its bound: the fit is a line in log L whose a runs to −∞ with α → 0, so a
-        # limit "below 0" is an artefact of the bound, not evidence of a fast decay
-        return result(
-            "inconclusive",
-            f"α at the fit's lower bound {ALPHA_MIN:g} (the values fall like log L or slower "
-            f"over these depths), so the data do not fix the limit: {where}{tail}",
-        )
     if lo <= 0 and hi < bar:
+        if alpha <= 1.05 * ALPHA_MIN:
+            # α pinned at its bound: the fit is a line in log L whose a runs to −∞ with α → 0,
+            # so a limit "below 0" is an artefact of the bound, not evidence of a fast decay
+            return result(
+                "inconclusive",
+                f"α at the fit's lower bound {ALPHA_MIN:g} (the values fall like log L or slower "
+                f"over these depths), so the data do not fix the limit: {where}{tail}",
+            )
         how = (
             "below 0 (the curve falls faster than a power law): no floor"
             if hi < 0

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from reduction.rates import row_ok
 from reduction.registry import markdown_columns
 from reduction.results import SweepResult
 
@@ -54,10 +55,6 @@ class Line:
 
 
 Block = Table | Line
-
-
-def _ok(row: Mapping[str, Any]) -> bool:
-    return row.get("status", "ok") == "ok"
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -112,7 +109,7 @@ def seed_certificate_lines(mono: Mapping[str, Any]) -> list[str]:
 
 
 def _depth_table(result: SweepResult) -> Table:
-    rows = [r for r in result.rows if _ok(r)]
+    rows = [r for r in result.rows if row_ok(r)]
     cols = [(k, h) for k, h in markdown_columns() if any(k in r for r in rows)]
     body = []
     for s in result.summary:
@@ -158,7 +155,7 @@ def _certificate_lines(result: SweepResult) -> list[str]:
 
 def _warning_lines(result: SweepResult) -> list[str]:
     """Runs that did not converge, failed or sit at the trivial point (nothing when none)."""
-    ok = [r for r in result.rows if _ok(r)]
+    ok = [r for r in result.rows if row_ok(r)]
     out = []
     unconverged = [r for r in ok if not r.get("converged")]
     if unconverged:
@@ -175,7 +172,7 @@ def _warning_lines(result: SweepResult) -> list[str]:
     if trivial:
         out.append(f"Trivial point: {len(trivial)} run(s) sit at J ≈ log K (W = 0).")
     for r in result.rows:
-        if not _ok(r):
+        if not row_ok(r):
             out.append(
                 f"Failed: depth {r['depth']} seed {r['seed']}: {r['status']}: {r.get('error')}"
             )
@@ -216,7 +213,7 @@ def _rates_table(result: SweepResult) -> Table:
 
 def document(result: SweepResult) -> list[Block]:
     """The result as blocks, in the order both front ends show them."""
-    rows = [r for r in result.rows if _ok(r)]
+    rows = [r for r in result.rows if row_ok(r)]
     blocks: list[Block] = [_depth_table(result), Line(), Line.of(ufm_line(rows))]
     blocks += [Line.of(s) for s in _certificate_lines(result)]
     blocks += [Line.of(s) for s in _warning_lines(result)]

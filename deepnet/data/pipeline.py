@@ -360,12 +360,9 @@ def load_labelled(
     base = CACHE.get(base_key) if use_cache else None
     if base is None:
         raw = read_raw(spec, root_path, options)
-        if pool != 1:
-            if raw["kind"] != "image":
-                raise ValueError(f"data option pool applies to images only, not {raw['kind']}")
-            raw = dict(raw)
-            for k in [k for k in raw if k.startswith("x")]:
-                raw[k] = pool_images(np.asarray(raw[k]), pool)
+        if pool != 1:  # an image option (PIPELINE_OPTIONS): other kinds never get here
+            raw = {k: pool_images(np.asarray(v), pool) if k.startswith("x") else v
+                   for k, v in raw.items()}  # fmt: skip
         xtr, ytr, xte, yte, info = _clean_and_split(raw, *split_opts)
         meta = {k: v for k, v in raw.items() if not k.startswith(("x", "y"))}
         base = freeze({"meta": meta, "xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte, "info": info})
