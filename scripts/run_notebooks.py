@@ -14,12 +14,14 @@ the computation changes.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +31,9 @@ def main(names: list[str]) -> int:
     if names[:1] == ["--full"]:
         if len(names) < 3:
             print("usage: run_notebooks.py --full RESULTS_DIR NAME ...", file=sys.stderr)
+            return 2
+        if not Path(names[1]).is_dir():
+            print(f"error: {names[1]} is not a folder of sweep results", file=sys.stderr)
             return 2
         # relative to notebooks/, where each notebook runs (no machine path in the outputs)
         results = os.path.relpath(Path(names[1]).resolve(), ROOT / "notebooks")
@@ -48,7 +53,14 @@ def main(names: list[str]) -> int:
         nb = nbformat.read(path, as_version=4)
         client = NotebookClient(nb, timeout=900, kernel_name="python3", record_timing=False,
                                 resources={"metadata": {"path": str(path.parent)}})
-        client.execute()
+        try:
+            client.execute()
+        except CellExecutionError as err:
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # the kernel's colour codes
+            last = text.splitlines()[-1] if text else type(err).__name__
+            print(f"error: {path.name} stopped at a cell ({last}); the stored notebook is "
+                  "unchanged", file=sys.stderr)  # fmt: skip
+            return 1
         nb.metadata.pop("widgets", None)
         nbformat.write(nb, path)
         print(f"{path.name}: executed and saved in {time.perf_counter() - t0:.0f} s")
